@@ -1,0 +1,124 @@
+"""The localizer: frozen CLIP + state text -> anomaly maps and image scores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+from torch import nn
+
+from ..clip import ClipBackbone, VisualFeatures, default_taps, encode_image_dense
+from .config import LocalizerConfig
+from .prompt_learner import ABNORMAL, NORMAL, StateText
+
+
+@dataclass
+class LocalizerOutput:
+    """Differentiable outputs: per-layer state probabilities (B, 2, S, S) and global logits (B, 2)."""
+
+    layer_probs: list[torch.Tensor]
+    global_logits: torch.Tensor
+
+    def layer_maps(self) -> list[torch.Tensor]:
+        """(P_abnormal + 1 - P_normal) / 2 per layer: (B, S, S) each, in 0..1."""
+        return [(p[:, ABNORMAL] + 1 - p[:, NORMAL]) / 2 for p in self.layer_probs]
+
+
+@dataclass
+class Prediction:
+    """What scoring needs, on the CPU: smoothed maps (B, S, S) in 0..1 and image scores (B,)."""
+
+    anomaly_map: np.ndarray
+    image_score: np.ndarray
+    global_score: np.ndarray
+    max_score: np.ndarray
+
+
+def smooth(maps: np.ndarray, sigma: float) -> np.ndarray:
+    """Per-image Gaussian smoothing with scipy's defaults (mode 'reflect', truncate 4)."""
+    if sigma <= 0:
+        return maps
+    return np.stack([gaussian_filter(m, sigma=sigma) for m in maps])
+
+
+class Localizer(nn.Module):
+    """Zero-shot anomaly localizer (AnomalyCLIP semantics; see DESIGN.md).
+
+    Maps are averaged over the tapped layers so they stay in 0..1; AnomalyCLIP sums
+    them, which is the same map times the number of layers.
+    """
+
+    def __init__(self, backbone: ClipBackbone, text: StateText, config: LocalizerConfig = LocalizerConfig()):
+        super().__init__()
+        self.backbone = backbone
+        self.text = text
+        self.config = config
+        self.layers = tuple(config.layers) if config.layers else default_taps(backbone.vision_depth)
+        if config.surgery:
+            self.surgery_start = config.surgery_start or default_taps(backbone.vision_depth)[0]
+        else:
+            self.surgery_start = None
+        self._text_cache: dict[str | None, torch.Tensor] = {}
+
+    def text_features(self, object_name: str | None = None) -> torch.Tensor:
+        """(2, D) normal/abnormal features; cached unless they can still change (training)."""
+        trainable = isinstance(self.text, nn.Module) and any(p.requires_grad for p in self.text.parameters())
+        if trainable and torch.is_grad_enabled():
+            self._text_cache.clear()
+            return self.text.text_features(self.backbone, object_name)
+        if object_name not in self._text_cache:
+            with torch.no_grad():
+                self._text_cache[object_name] = self.text.text_features(self.backbone, object_name)
+        return self._text_cache[object_name]
+
+    def clear_text_cache(self) -> None:
+        """Forget cached text features (after the prompts changed)."""
+        self._text_cache.clear()
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> VisualFeatures:
+        """Image features; the backbone is frozen, so no graph is ever kept for them."""
+        images = images.to(self.backbone.device, self.backbone.dtype)
+        return encode_image_dense(
+            self.backbone.model.visual, images, self.layers, self.surgery_start, global_ln_post=not self.config.compat
+        )
+
+    def forward(self, images: torch.Tensor, object_name: str | None = None) -> LocalizerOutput:
+        features = self.encode(images)
+        text = self.text_features(object_name).to(features.global_feature.dtype)
+        grid, size = self.backbone.grid_size, self.backbone.image_size
+        layer_probs = []
+        for tokens in features.patch_tokens:
+            probs = (tokens @ text.T / self.config.temperature).softmax(dim=-1)
+            probs = probs.reshape(-1, grid, grid, 2).permute(0, 3, 1, 2)
+            layer_probs.append(F.interpolate(probs.float(), size=(size, size), mode="bilinear", align_corners=False))
+        global_logits = features.global_feature @ text.T / self.config.temperature
+        return LocalizerOutput(layer_probs, global_logits.float())
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, object_name: str | None = None) -> Prediction:
+        output = self(images, object_name)
+        raw = torch.stack(output.layer_maps()).mean(dim=0)
+        anomaly_map = smooth(raw.cpu().numpy().astype(np.float32), self.config.sigma)
+        global_score = output.global_logits.softmax(dim=-1)[:, ABNORMAL].cpu().numpy()
+        max_score = anomaly_map.reshape(len(anomaly_map), -1).max(axis=1)
+        image_score = {
+            "global": global_score,
+            "max": max_score,
+            "blend": (global_score + max_score) / 2,
+        }[self.config.image_score]
+        return Prediction(anomaly_map, image_score, global_score, max_score)
+
+    def describe(self) -> dict:
+        """Which models and settings produced the outputs (recorded in every result)."""
+        return {
+            **self.backbone.describe(),
+            "prompts": self.text.describe(),
+            "layers": list(self.layers),
+            "surgery_start": self.surgery_start,
+            "image_score": self.config.image_score,
+            "compat": self.config.compat,
+        }
