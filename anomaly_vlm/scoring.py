@@ -59,7 +59,6 @@ def score_samples(
     progress: bool = True,
 ) -> ScoreRun:
     out = Path(out)
-    (out / "maps").mkdir(parents=True, exist_ok=True)
     models = {**localizer.describe(), "mode": mode}
     results, failures = [], []
     maps_for_metrics: list[np.ndarray] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,9 +132,10 @@ def load_backbone(config: BackboneConfig) -> ClipBackbone:
             cache_dir=config.cache_dir,
             weights_only=True,
         )
-    except (RuntimeError, OSError, ValueError, KeyError) as exc:
+    except (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsNotFoundError(
-            f"Could not load CLIP {config.name} from {resolved.source}: {exc}\n"
+            f"Could not load CLIP {config.name} from {resolved.source}: {reason}\n"
             "Weights must be a safetensors file or a plain state dict (pickled code is refused); "
             "the safetensors release of the OpenAI weights is 'open_clip_model.safetensors' in hub "
             "repo timm/vit_large_patch14_clip_336.openai."

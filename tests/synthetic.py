@@ -1,0 +1,47 @@
+"""Synthetic MVTec-layout datasets generated inside the tests (no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def textured_image(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A smooth grey surface with fine noise, like a machined part."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    base = 120 + 30 * np.sin(2 * np.pi * (xx * 2 + yy)) + rng.normal(0, 6, (size, size))
+    return np.repeat(base[..., None], 3, axis=2)
+
+
+def plant_defect(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Paint a saturated rectangle; return its mask."""
+    mask = np.zeros((size, size), dtype=bool)
+    h, w = rng.integers(size // 6, size // 3, 2)
+    y, x = rng.integers(0, size - h), rng.integers(0, size - w)
+    mask[y : y + h, x : x + w] = True
+    image[mask] = (255, 40, 20)
+    return mask
+
+
+def make_category(root: Path, name: str = "widget", size: int = 64, normal: int = 6, defective: int = 6,
+                  train: int = 4, masks: bool = True, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    category = root / name
+
+    def save(array: np.ndarray, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).save(path)
+
+    for i in range(train):
+        save(textured_image(rng, size), category / "train" / "good" / f"{i:03d}.png")
+    for i in range(normal):
+        save(textured_image(rng, size), category / "test" / "good" / f"{i:03d}.png")
+    for i in range(defective):
+        image = textured_image(rng, size)
+        mask = plant_defect(image, rng, size)
+        save(image, category / "test" / "stain" / f"{i:03d}.png")
+        if masks:
+            save(mask.astype(np.uint8) * 255, category / "ground_truth" / "stain" / f"{i:03d}_mask.png")
+    return category
