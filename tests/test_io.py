@@ -88,3 +88,16 @@ def test_bad_images_give_clear_errors(tmp_path):
         assert name in str(info.value)
     with pytest.raises(ImageLoadError, match="over the limit"):
         load_image(tmp_path / "big.png", ImageLimits(max_pixels=100 * 100))
+
+
+def test_shared_bottle_category_reads_labels_only():
+    from .conftest import SHARED_DATA
+
+    bottle = SHARED_DATA / "mvtec_bottle" / "bottle"
+    if not bottle.is_dir():
+        pytest.skip("shared MVTec bottle data not present")
+    samples = read_category(bottle)
+    assert len(samples) == 83
+    assert sum(s.label == 0 for s in samples) == 20
+    assert not any(s.pixel_truth for s in samples)
+    assert len(read_category(bottle, "train")) == 30
