@@ -75,8 +75,10 @@ def main() -> None:
     for name in args.models:
         command = [sys.executable, __file__, "--one", name, "--image-size", str(args.image_size), "--device", args.device,
                    "--precision", args.precision, "--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        rows.append(json.loads(output.strip().splitlines()[-1]))
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"{name} failed:\n{done.stderr}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     if args.json:
         print(json.dumps(rows, indent=2))
         return
