@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import yaml
@@ -11,16 +12,17 @@ import yaml
 from .errors import DatasetError
 
 
-def prompts_dir() -> Path:
+def prompts_dir() -> Traversable:
     """The `prompts/` folder: the source checkout's, else the copy installed with the package."""
     source = Path(__file__).resolve().parent.parent / "prompts"
     if source.is_dir():
         return source
-    return Path(str(resources.files("anomaly_vlm.prompt_files")))
+    return resources.files("anomaly_vlm.prompt_files")
 
 
 def load_yaml(name: str | Path) -> dict:
-    path = Path(name) if Path(name).is_absolute() else prompts_dir() / name
+    """A YAML mapping from `prompts/` (by file name) or from any path."""
+    path = Path(name) if Path(name).is_absolute() or Path(name).is_file() else prompts_dir() / str(name)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
