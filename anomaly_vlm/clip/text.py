@@ -17,7 +17,7 @@ def encode_text_prompted(
     """L2-normalized text features (P, D) for `tokens` (P, L).
 
     `context` (P, n, W) replaces the token embeddings at positions 1..n (the "X"
-    placeholders). `deep_prompts[j]` (m, W) replaces positions 1..m at the input of
+    slots). `deep_prompts[j]` (m, W) replaces positions 1..m at the input of
     text layer j + 2 (1-based), never of layer 1. `deep_prompts_fp16` rounds them
     through fp16 as AnomalyCLIP's reference code does.
     """

@@ -45,8 +45,8 @@ class PromptLearner(nn.Module):
         return self.normal_context.shape[1]
 
     def templates(self) -> list[str]:
-        placeholders = " ".join(["X"] * self.config.context_length)
-        return [f"{placeholders} object.", f"{placeholders} damaged object."]
+        slots = " ".join(["X"] * self.config.context_length)
+        return [f"{slots} object.", f"{slots} damaged object."]
 
     def text_features(self, backbone: ClipBackbone, object_name: str | None = None) -> torch.Tensor:
         if backbone.text_width != self.width:
