@@ -32,12 +32,12 @@ def _localizer_config(args: argparse.Namespace, compat: bool = False):
 
 def cmd_score(args: argparse.Namespace) -> int:
     from .io import collect_samples
-    from .localizer import build_localizer
+    from .localizer import build_localizer, prompt_mode
     from .scoring import ScoreConfig, format_metrics, score_samples
 
     samples = collect_samples(args.paths)
     localizer = build_localizer(args.prompts, args.mode, _backbone_overrides(args), _localizer_config(args), args.image_score)
-    mode = args.mode or ("prompt" if args.prompts else "ensemble")
+    mode = prompt_mode(args.prompts, args.mode)
     print(f"scoring {len(samples)} images with {localizer.backbone.name} ({localizer.backbone.source}), "
           f"{localizer.text.describe()}, mode {mode}", file=sys.stderr)
     config = ScoreConfig(threshold=args.threshold, batch_size=args.batch_size, save_maps=not args.no_maps)

@@ -2,7 +2,7 @@
 
 from .checkpoint import PromptCheckpoint, import_reference, load_prompts, read_checkpoint, save_prompts
 from .config import LocalizerConfig, PromptConfig
-from .factory import build_localizer
+from .factory import build_localizer, prompt_mode
 from .model import Localizer, LocalizerOutput, Prediction, smooth
 from .prompt_learner import PromptEnsemble, PromptLearner
 from .train import TrainConfig, train_prompts
@@ -20,6 +20,7 @@ __all__ = [
     "build_localizer",
     "import_reference",
     "load_prompts",
+    "prompt_mode",
     "read_checkpoint",
     "save_prompts",
     "smooth",

@@ -79,7 +79,8 @@ def save_prompts(folder: str | Path, learner: PromptLearner, meta: PromptCheckpo
     return folder
 
 
-def read_checkpoint(folder: str | Path) -> tuple[PromptCheckpoint, dict[str, torch.Tensor]]:
+def read_checkpoint(folder: str | Path) -> PromptCheckpoint:
+    """The checkpoint's config alone (cheap): enough to choose the backbone to build."""
     folder = Path(folder)
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     if not config_path.is_file() or not weights_path.is_file():
@@ -88,16 +89,14 @@ def read_checkpoint(folder: str | Path) -> tuple[PromptCheckpoint, dict[str, tor
             "Train one with `anomaly-vlm train-prompts` or convert AnomalyCLIP's with `anomaly-vlm import-prompts`."
         )
     try:
-        meta = PromptCheckpoint.from_json(json.loads(config_path.read_text(encoding="utf-8")), config_path)
-        tensors = load_file(str(weights_path))
-    except (json.JSONDecodeError, SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{folder}: unreadable checkpoint ({exc})") from None
-    return meta, tensors
+        return PromptCheckpoint.from_json(json.loads(config_path.read_text(encoding="utf-8")), config_path)
+    except (json.JSONDecodeError, OSError) as exc:
+        raise CheckpointError(f"{folder}: unreadable checkpoint config ({exc})") from None
 
 
 def load_prompts(folder: str | Path, backbone: ClipBackbone) -> tuple[PromptLearner, PromptCheckpoint]:
     """Prompt learner for `backbone`; refuses checkpoints made for another backbone."""
-    meta, tensors = read_checkpoint(folder)
+    meta = read_checkpoint(folder)
     if meta.backbone != backbone.name or meta.text_width != backbone.text_width:
         raise CheckpointError(
             f"{folder}: these prompts were trained for backbone {meta.backbone} (text width {meta.text_width}), "
@@ -106,7 +105,9 @@ def load_prompts(folder: str | Path, backbone: ClipBackbone) -> tuple[PromptLear
         )
     learner = PromptLearner(meta.text_width, meta.prompt, deep_prompts_fp16=meta.localizer.compat)
     try:
-        learner.load_state_dict(tensors)
+        learner.load_state_dict(load_file(str(Path(folder) / WEIGHTS_FILE)))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{folder}: unreadable prompt tensors ({exc})") from None
     except RuntimeError as exc:
         raise CheckpointError(f"{folder}: prompt tensors do not match its config ({exc})") from None
     return learner.to(backbone.device), meta

@@ -15,6 +15,11 @@ from .prompt_learner import PromptEnsemble, PromptLearner
 PromptMode = Literal["prompt", "ensemble"]
 
 
+def prompt_mode(prompts: str | Path | None, mode: PromptMode | None = None) -> PromptMode:
+    """The mode a run uses: as asked, else learned prompts when a checkpoint is given."""
+    return mode or ("prompt" if prompts else "ensemble")
+
+
 def build_localizer(
     prompts: str | Path | None = None,
     mode: PromptMode | None = None,
@@ -29,10 +34,10 @@ def build_localizer(
     rest. Without one, `mode='prompt'` gives freshly initialized learnable prompts
     (to train) and the default, `ensemble`, hand-crafted prompts.
     """
-    mode = mode or ("prompt" if prompts else "ensemble")
+    mode = prompt_mode(prompts, mode)
     given = {k: v for k, v in (backbone or {}).items() if v is not None}
     if mode == "prompt" and prompts:
-        meta, _ = read_checkpoint(prompts)
+        meta = read_checkpoint(prompts)
         defaults = {"name": meta.backbone, "weights": meta.weights, "image_size": meta.image_size}
         built = load_backbone(BackboneConfig(**{**defaults, **given}))
         learner, meta = load_prompts(prompts, built)

@@ -8,7 +8,6 @@ continues from there with the same data order as an uninterrupted run.
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -127,7 +126,6 @@ def train_prompts(
         loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=generator,
                             num_workers=config.num_workers)
         torch.manual_seed(config.seed + epoch)
-        random.seed(config.seed + epoch)
         running, steps = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
         for images, masks, labels, pixel_truth in bar:
