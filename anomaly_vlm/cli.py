@@ -30,24 +30,72 @@ def _localizer_config(args: argparse.Namespace, compat: bool = False):
     return LocalizerConfig(layers=args.layers, compat=compat) if args.layers else None
 
 
+def _fusion_weights(text: str) -> dict[str, float]:
+    weights = {}
+    for item in text.split(","):
+        mode, _, value = item.partition("=")
+        try:
+            weights[mode.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected MODE=WEIGHT pairs like prompt=1,mutual=0.5, got {item!r}") from None
+    return weights
+
+
+def _load_references(paths: list[str], shots: int | None) -> list:
+    from .errors import DatasetError
+    from .io import collect_samples, load_image
+
+    images = []
+    for sample in collect_samples(paths)[:shots]:
+        try:
+            images.append(load_image(sample.path))
+        except AnomalyVLMError as exc:
+            print(f"skipped reference: {exc}", file=sys.stderr)
+    if not images:
+        raise DatasetError(f"no usable reference images in {', '.join(paths)}")
+    return images
+
+
 def cmd_score(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from .io import collect_samples
-    from .localizer import build_localizer, prompt_mode
+    from .localizer import DEFAULT_WEIGHTS, FusionConfig, ScorerOptions, build_scorer
     from .scoring import ScoreConfig, format_metrics, score_samples
 
     samples = collect_samples(args.paths)
-    localizer = build_localizer(args.prompts, args.mode, _backbone_overrides(args), _localizer_config(args), args.image_score)
-    mode = prompt_mode(args.prompts, args.mode)
-    print(f"scoring {len(samples)} images with {localizer.backbone.name} ({localizer.backbone.source}), "
-          f"{localizer.text.describe()}, mode {mode}", file=sys.stderr)
-    config = ScoreConfig(threshold=args.threshold, batch_size=args.batch_size, save_maps=not args.no_maps)
-    run = score_samples(localizer, samples, args.out, config, mode=mode)
+    references = _load_references(args.references, args.shots) if args.references else None
+    options = ScorerOptions(
+        mode=args.mode, features=args.features, prompts=args.prompts, backbone=_backbone_overrides(args),
+        localizer=_localizer_config(args), image_score=args.image_score,
+        batch_size=args.batch_size, fusion=FusionConfig({**DEFAULT_WEIGHTS, **(args.fusion_weights or {})}),
+    )
+    built = build_scorer(options, references)
+    for notice in built.notices:
+        print(notice, file=sys.stderr)
+    models = built.scorer.describe()
+    print(f"scoring {len(samples)} images, mode {models['mode']}: {_summary(models)}", file=sys.stderr)
+    config = replace(ScoreConfig(), threshold=args.threshold, save_maps=not args.no_maps)
+    run = score_samples(built.scorer, samples, args.out, config)
     print(f"scored {len(run.results)} images -> {args.out}/scores.csv, results.json" + (", maps/" if config.save_maps else ""))
     if run.metrics:
         print(format_metrics(run.metrics))
     for failure in run.failures:
         print(f"failed: {failure['path']}: {failure['error']}", file=sys.stderr)
     return 1 if run.failures else 0
+
+
+def _summary(models: dict) -> str:
+    """One line naming the models behind a scorer's description."""
+    parts = models.get("parts", [models])
+    described = []
+    for part in parts:
+        if "prompts" in part:
+            described.append(f"{part['mode']} ({part['backbone']}, {part['weights']}, {part['prompts']})")
+        else:
+            source = f"{part['backbone']} features" if part["features"] == "clip" else "built-in features"
+            described.append(f"{part['mode']} ({source})")
+    return " + ".join(described)
 
 
 def cmd_train_prompts(args: argparse.Namespace) -> int:
@@ -91,10 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("paths", nargs="+", help="images, folders, or MVTec/VisA category or dataset roots")
     score.add_argument("--out", required=True, type=Path, help="output folder")
     score.add_argument("--prompts", help="prompt checkpoint folder (train-prompts or import-prompts)")
-    score.add_argument("--mode", choices=["prompt", "ensemble"], help="learned prompts (needs --prompts) or the hand-crafted ensemble")
+    score.add_argument("--mode", choices=["prompt", "ensemble", "mutual", "reference", "fused"],
+                       help="prompt: learned prompts (needs --prompts); ensemble: hand-crafted prompts; mutual: the images "
+                            "score each other (zero-shot, no weights needed); reference: distance to --references; "
+                            "fused: all that apply. Default: prompts (+ references), or without CLIP weights "
+                            "reference/mutual on built-in features")
+    score.add_argument("--references", nargs="+", help="known-good images or folders for reference (few-shot) scoring")
+    score.add_argument("--shots", type=int, help="use only the first N reference images (in name order)")
+    score.add_argument("--features", choices=["auto", "builtin", "clip"], default="auto",
+                       help="patch features for mutual/reference: clip (when its weights load) or builtin (no download)")
+    score.add_argument("--fusion-weights", type=_fusion_weights, help="e.g. prompt=1,ensemble=0.5,mutual=1,reference=1")
     score.add_argument("--image-score", choices=["global", "max", "blend"], help="image score: CLS feature, map maximum, or their mean")
     score.add_argument("--threshold", type=float, default=0.5, help="image score threshold for the label (default 0.5)")
-    score.add_argument("--batch-size", type=int, default=8)
+    score.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     score.add_argument("--no-maps", action="store_true", help="skip heatmap overlays")
     _backbone_args(score)
     score.set_defaults(func=cmd_score)

@@ -13,13 +13,12 @@ from itertools import groupby
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from .errors import AnomalyVLMError
 from .files import atomic_path, write_json, write_text
 from .io import ImageLimits, load_image, load_mask
-from .localizer import Localizer
+from .localizer import AnomalyScorer
 from .metrics import image_metrics, pixel_metrics
 from .types import Sample
 from .visualize import overlay
@@ -28,7 +27,6 @@ from .visualize import overlay
 @dataclass
 class ScoreConfig:
     threshold: float = field(default=0.5, metadata={"help": "image score at or above which an image is anomalous"})
-    batch_size: int = field(default=8, metadata={"help": "images per forward pass"})
     save_maps: bool = field(default=True, metadata={"help": "write heatmap overlays to maps/"})
     limits: ImageLimits = field(default_factory=ImageLimits)
 
@@ -42,43 +40,39 @@ class ScoreRun:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def _batches(samples: list[Sample], size: int):
-    """Batches that never mix categories, so per-category text prompts apply."""
-    for _, group in groupby(samples, key=lambda s: s.category):
-        group = list(group)
-        for start in range(0, len(group), size):
-            yield group[start : start + size]
-
-
 def score_samples(
-    localizer: Localizer,
+    scorer: AnomalyScorer,
     samples: list[Sample],
     out: str | Path,
     config: ScoreConfig = ScoreConfig(),
-    mode: str = "ensemble",
     progress: bool = True,
 ) -> ScoreRun:
+    """Score every sample, one product category at a time (mutual scoring needs the whole set)."""
     out = Path(out)
-    models = {**localizer.describe(), "mode": mode}
+    models = scorer.describe()
     results, failures = [], []
     maps_for_metrics: list[np.ndarray] = []
     masks_for_metrics: list[np.ndarray] = []
     pixel_truth = bool(samples) and all(s.pixel_truth for s in samples)
-    size = localizer.backbone.image_size
     map_names: set[str] = set()
     bar = tqdm(total=len(samples), desc="scoring", unit="img", disable=not progress)
-    for batch in _batches(samples, config.batch_size):
+    for category, group in groupby(samples, key=lambda s: s.category):
         loaded = []
-        for sample in batch:
+        for sample in group:
             try:
                 loaded.append((sample, load_image(sample.path, config.limits)))
             except AnomalyVLMError as exc:
                 failures.append({"path": str(sample.path), "error": str(exc)})
-        bar.update(len(batch) - len(loaded))
+                bar.update()
         if not loaded:
             continue
-        tensors = torch.stack([localizer.backbone.preprocess(image) for _, image in loaded])
-        prediction = localizer.predict(tensors, object_name=batch[0].category)
+        try:
+            prediction = scorer.score([image for _, image in loaded], object_name=category)
+        except AnomalyVLMError as exc:
+            failures.extend({"path": str(sample.path), "error": str(exc)} for sample, _ in loaded)
+            bar.update(len(loaded))
+            continue
+        size = prediction.anomaly_map.shape[1:]
         for i, (sample, image) in enumerate(loaded):
             score = float(prediction.image_score[i])
             record = {
@@ -86,12 +80,11 @@ def score_samples(
                 "score": score,
                 "label": "anomalous" if score >= config.threshold else "normal",
                 "threshold": config.threshold,
-                "global_score": float(prediction.global_score[i]),
-                "max_score": float(prediction.max_score[i]),
+                **{name: float(values[i]) for name, values in prediction.scores.items()},
+                "modes": list(prediction.modes),
                 "ground_truth": sample.label,
                 "category": sample.category,
                 "defect": sample.defect,
-                "models": models,
             }
             if config.save_maps:
                 record["map"] = f"maps/{_unique(sample.key, map_names)}.png"
@@ -101,7 +94,7 @@ def score_samples(
                 maps_for_metrics.append(prediction.anomaly_map[i])
                 masks_for_metrics.append(_mask_of(sample, size))
             results.append(record)
-        bar.update(len(loaded))
+            bar.update()
     bar.close()
     run = ScoreRun(results, failures, _metrics(results, masks_for_metrics, maps_for_metrics))
     _write_outputs(out, run, models)
@@ -116,10 +109,10 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _mask_of(sample: Sample, size: int) -> np.ndarray:
+def _mask_of(sample: Sample, size: tuple[int, int]) -> np.ndarray:
     if sample.mask_path is None:
-        return np.zeros((size, size), dtype=bool)
-    return load_mask(sample.mask_path, (size, size))
+        return np.zeros(size, dtype=bool)
+    return load_mask(sample.mask_path, (size[1], size[0]))
 
 
 def _metrics(results: list[dict], masks: list[np.ndarray], maps: list[np.ndarray]) -> dict[str, float]:

@@ -17,9 +17,10 @@ def test_score_category_end_to_end(tmp_path, dataset_root, capsys):
     assert len(rows) == 12 and set(rows[0]) == {"path", "score", "label", "threshold"}
     assert all(r["label"] == ("anomalous" if float(r["score"]) >= 0.5 else "normal") for r in rows)
     results = json.loads((out / "results.json").read_text())
-    image = results["images"][0]
-    assert image["models"]["backbone"] == "anomaly-vlm-tiny" and image["models"]["weights"] == "none"
-    assert image["models"]["mode"] == "ensemble" and image["models"]["prompts"] == "hand-crafted prompt ensemble"
+    models = results["models"]
+    assert models["backbone"] == "anomaly-vlm-tiny" and models["weights"] == "none"
+    assert models["mode"] == "ensemble" and models["prompts"] == "hand-crafted prompt ensemble"
+    assert results["images"][0]["modes"] == ["ensemble"]
     assert all((out / r["map"]).is_file() for r in results["images"])
     assert len({r["map"] for r in results["images"]}) == 12
     metrics = json.loads((out / "metrics.json").read_text())

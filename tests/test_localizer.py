@@ -34,15 +34,15 @@ def test_prediction_shapes_and_ranges(tiny_backbone):
     assert prediction.anomaly_map.shape == (3, 64, 64)
     assert prediction.anomaly_map.min() >= 0 and prediction.anomaly_map.max() <= 1
     assert prediction.image_score.shape == (3,)
-    assert np.allclose(prediction.image_score, prediction.global_score)
-    assert np.allclose(prediction.max_score, prediction.anomaly_map.reshape(3, -1).max(1))
+    assert np.allclose(prediction.image_score, prediction.scores["global"])
+    assert np.allclose(prediction.scores["max"], prediction.anomaly_map.reshape(3, -1).max(1))
 
 
 @pytest.mark.parametrize("mode", ["max", "blend"])
 def test_alternative_image_scores(tiny_backbone, mode):
     localizer = Localizer(tiny_backbone, _learner(tiny_backbone), LocalizerConfig(image_score=mode)).eval()
     p = localizer.predict(torch.randn(2, 3, 64, 64))
-    expected = p.max_score if mode == "max" else (p.global_score + p.max_score) / 2
+    expected = p.scores["max"] if mode == "max" else (p.scores["global"] + p.scores["max"]) / 2
     assert np.allclose(p.image_score, expected)
 
 
@@ -61,7 +61,7 @@ def test_compat_mode_matches_reference_numerics(tiny_backbone):
     ref_map, ref_score = reference_maps(patch, cls, text, (64, 64))
     # The reference sums layer maps; ours is their mean.
     assert np.abs(ours.anomaly_map * len(layers) - ref_map).max() < 1e-4
-    assert np.abs(ours.global_score - ref_score).max() < 1e-4
+    assert np.abs(ours.scores["global"] - ref_score).max() < 1e-4
 
 
 def test_ensemble_text_features_are_normalized_and_per_object(tiny_backbone):

@@ -77,12 +77,15 @@ def encode_image_dense(
     taps: tuple[int, ...],
     surgery_start: int | None,
     global_ln_post: bool = True,
+    project: bool = True,
 ) -> VisualFeatures:
     """Run the image tower once, returning tapped patch features and the global feature.
 
     `taps` and `surgery_start` are 1-based block indices; `surgery_start=None` disables
     the surgery. `global_ln_post=False` reproduces AnomalyCLIP's global feature, which
-    skips `ln_post` on the class token.
+    skips `ln_post` on the class token. `project=False` returns the tapped tokens in the
+    tower's own width, layer-normalized without affine weights: the features that
+    patch-to-patch comparison (mutual and reference scoring) works best on.
     """
     blocks = visual.transformer.resblocks
     if not taps or min(taps) < 1 or max(taps) > len(blocks):
@@ -99,7 +102,10 @@ def encode_image_dense(
             s = s + vv
         if index in taps:
             tapped[index] = s if surgery else h
-    patch_tokens = [F.normalize(visual.ln_post(tapped[i][:, 1:]) @ visual.proj, dim=-1) for i in taps]
+    if project:
+        patch_tokens = [F.normalize(visual.ln_post(tapped[i][:, 1:]) @ visual.proj, dim=-1) for i in taps]
+    else:
+        patch_tokens = [F.normalize(F.layer_norm(tapped[i][:, 1:], tapped[i].shape[-1:]), dim=-1) for i in taps]
     cls = h[:, 0]
     if global_ln_post:
         cls = visual.ln_post(cls)

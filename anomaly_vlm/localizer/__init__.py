@@ -2,12 +2,35 @@
 
 from .checkpoint import PromptCheckpoint, import_reference, load_prompts, read_checkpoint, save_prompts
 from .config import LocalizerConfig, PromptConfig
-from .factory import build_localizer, prompt_mode
-from .model import Localizer, LocalizerOutput, Prediction, smooth
+from .factory import BuiltScorer, ScorerOptions, build_localizer, build_scorer, prompt_mode
+from .features import FEATURE_SOURCES, BuiltinFeatureConfig, BuiltinFeatures, ClipFeatures, build_feature_source, register_feature_source
+from .fusion import DEFAULT_WEIGHTS, FusedScorer, FusionConfig, fuse
+from .model import Localizer, LocalizerOutput
+from .mutual import MutualConfig, MutualScorer
 from .prompt_learner import PromptEnsemble, PromptLearner
+from .reference import ReferenceConfig, ReferenceScorer
+from .scorer import AnomalyScorer, Prediction, smooth
 from .train import TrainConfig, train_prompts
 
 __all__ = [
+    "DEFAULT_WEIGHTS",
+    "FEATURE_SOURCES",
+    "AnomalyScorer",
+    "BuiltScorer",
+    "BuiltinFeatureConfig",
+    "BuiltinFeatures",
+    "ClipFeatures",
+    "FusedScorer",
+    "FusionConfig",
+    "MutualConfig",
+    "MutualScorer",
+    "ReferenceConfig",
+    "ReferenceScorer",
+    "ScorerOptions",
+    "build_feature_source",
+    "build_scorer",
+    "fuse",
+    "register_feature_source",
     "Localizer",
     "LocalizerConfig",
     "LocalizerOutput",

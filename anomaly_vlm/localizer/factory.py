@@ -1,18 +1,28 @@
-"""Assemble a localizer from user-facing options (used by the CLI and the library alike)."""
+"""Assemble localizers and scorers from user-facing options (used by the CLI and the library alike)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from ..clip import BackboneConfig, load_backbone
+from PIL import Image
+
+from ..clip import BackboneConfig, ClipBackbone, load_backbone
+from ..errors import AnomalyVLMError, WeightsNotFoundError
 from .checkpoint import load_prompts, read_checkpoint
 from .config import ImageScore, LocalizerConfig, PromptConfig
+from .features import build_feature_source
+from .fusion import FusedScorer, FusionConfig
 from .model import Localizer
+from .mutual import MutualConfig, MutualScorer
 from .prompt_learner import PromptEnsemble, PromptLearner
+from .reference import ReferenceConfig, ReferenceScorer
+from .scorer import AnomalyScorer
 
 PromptMode = Literal["prompt", "ensemble"]
+ScoreMode = Literal["prompt", "ensemble", "mutual", "reference", "fused"]
+FeatureChoice = Literal["auto", "builtin", "clip"]
 
 
 def prompt_mode(prompts: str | Path | None, mode: PromptMode | None = None) -> PromptMode:
@@ -53,3 +63,76 @@ def build_localizer(
     if image_score:
         localizer.config = replace(localizer.config, image_score=image_score)
     return localizer.eval()
+
+
+@dataclass
+class ScorerOptions:
+    """Everything that decides how images are scored."""
+
+    mode: ScoreMode | None = field(default=None, metadata={"help": "None: the best the available models and inputs allow"})
+    features: FeatureChoice = field(default="auto", metadata={"help": "patch features for mutual/reference: clip when weights load"})
+    prompts: str | Path | None = field(default=None, metadata={"help": "learned prompt checkpoint folder"})
+    backbone: dict[str, Any] = field(default_factory=dict, metadata={"help": "BackboneConfig fields the user set"})
+    localizer: LocalizerConfig | None = None
+    image_score: ImageScore | None = None
+    mutual: MutualConfig = field(default_factory=MutualConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    batch_size: int = field(default=8, metadata={"help": "images per forward pass, in every mode"})
+    progress: bool = True
+
+
+@dataclass
+class BuiltScorer:
+    """A ready scorer, and what the user should be told about how it was chosen."""
+
+    scorer: AnomalyScorer
+    notices: list[str]
+
+
+def build_scorer(options: ScorerOptions = ScorerOptions(), references: list[Image.Image] | None = None) -> BuiltScorer:
+    """The scorer for `options`, falling back to download-free features when CLIP weights are missing.
+
+    Without a mode: CLIP prompts (learned if given, else the ensemble), fused with
+    reference scoring when references are given; with no CLIP weights, reference
+    scoring if references are given, else mutual scoring, on the built-in features.
+    """
+    mode, notices = options.mode, []
+    if mode == "reference" and not references:
+        raise AnomalyVLMError("reference mode needs normal reference images (--references DIR)")
+    localizer, backbone = None, None
+    wants_prompts = mode in (None, "prompt", "ensemble", "fused")
+    wants_clip_features = options.features != "builtin" and mode in (None, "mutual", "reference", "fused")
+    if wants_prompts or wants_clip_features:
+        try:
+            if wants_prompts:
+                prompt = mode if mode in ("prompt", "ensemble") else None
+                localizer = build_localizer(options.prompts, prompt, options.backbone, options.localizer, options.image_score)
+                localizer.batch_size = options.batch_size
+                backbone = localizer.backbone
+            else:
+                backbone = load_backbone(BackboneConfig(**{k: v for k, v in options.backbone.items() if v is not None}))
+        except WeightsNotFoundError as exc:
+            if mode in ("prompt", "ensemble") or options.features == "clip":
+                raise
+            reason = str(exc).splitlines()[0]
+            notices.append(f"{reason}\nNo CLIP weights: scoring with the built-in features (no download needed). "
+                           "To use CLIP, put its weights in place (README, 'Model weights') or pass --weights FILE.")
+    source = _feature_source(options.features, backbone)
+    if mode is None:
+        mode = "fused" if localizer and references else "prompt" if localizer else "reference" if references else "mutual"
+        localizer = localizer if mode in ("fused", "prompt") else None
+    parts: list[AnomalyScorer] = [localizer] if localizer is not None and mode in ("prompt", "ensemble", "fused") else []
+    if mode in ("mutual", "fused"):
+        parts.append(MutualScorer(source, replace(options.mutual, batch_size=options.batch_size), options.progress))
+    if mode in ("reference", "fused") and references:
+        config = replace(options.reference, batch_size=options.batch_size)
+        parts.append(ReferenceScorer(source, config, options.progress).fit(references))
+    scorer = parts[0] if len(parts) == 1 else FusedScorer(parts, options.fusion)
+    return BuiltScorer(scorer, notices)
+
+
+def _feature_source(choice: FeatureChoice, backbone: ClipBackbone | None):
+    if choice == "clip" or (choice == "auto" and backbone is not None):
+        return build_feature_source("clip", backbone=backbone)
+    return build_feature_source("builtin")

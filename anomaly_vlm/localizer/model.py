@@ -7,12 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import gaussian_filter
+from PIL import Image
 from torch import nn
 
 from ..clip import ClipBackbone, VisualFeatures, default_taps, encode_image_dense
 from .config import LocalizerConfig
-from .prompt_learner import ABNORMAL, NORMAL, StateText
+from .prompt_learner import ABNORMAL, NORMAL, PromptLearner, StateText
+from .scorer import Prediction, smooth
 
 
 @dataclass
@@ -27,23 +28,6 @@ class LocalizerOutput:
         return [(p[:, ABNORMAL] + 1 - p[:, NORMAL]) / 2 for p in self.layer_probs]
 
 
-@dataclass
-class Prediction:
-    """What scoring needs, on the CPU: smoothed maps (B, S, S) in 0..1 and image scores (B,)."""
-
-    anomaly_map: np.ndarray
-    image_score: np.ndarray
-    global_score: np.ndarray
-    max_score: np.ndarray
-
-
-def smooth(maps: np.ndarray, sigma: float) -> np.ndarray:
-    """Per-image Gaussian smoothing with scipy's defaults (mode 'reflect', truncate 4)."""
-    if sigma <= 0:
-        return maps
-    return np.stack([gaussian_filter(m, sigma=sigma) for m in maps])
-
-
 class Localizer(nn.Module):
     """Zero-shot anomaly localizer (AnomalyCLIP semantics; see DESIGN.md).
 
@@ -51,11 +35,15 @@ class Localizer(nn.Module):
     them, which is the same map times the number of layers.
     """
 
+    batch_size = 8
+    """Images per forward pass in `score`."""
+
     def __init__(self, backbone: ClipBackbone, text: StateText, config: LocalizerConfig = LocalizerConfig()):
         super().__init__()
         self.backbone = backbone
         self.text = text
         self.config = config
+        self.mode = "prompt" if isinstance(text, PromptLearner) else "ensemble"
         self.layers = tuple(config.layers) if config.layers else default_taps(backbone.vision_depth)
         if config.surgery:
             self.surgery_start = config.surgery_start or default_taps(backbone.vision_depth)[0]
@@ -110,11 +98,20 @@ class Localizer(nn.Module):
             "max": max_score,
             "blend": (global_score + max_score) / 2,
         }[self.config.image_score]
-        return Prediction(anomaly_map, image_score, global_score, max_score)
+        return Prediction(anomaly_map, image_score, {"global": global_score, "max": max_score}, (self.mode,))
+
+    def score(self, images: list[Image.Image], object_name: str | None = None) -> Prediction:
+        """`predict` over a list of images, `batch_size` at a time."""
+        parts = []
+        for start in range(0, len(images), self.batch_size):
+            batch = torch.stack([self.backbone.preprocess(image) for image in images[start : start + self.batch_size]])
+            parts.append(self.predict(batch, object_name))
+        return Prediction.concat(parts)
 
     def describe(self) -> dict:
         """Which models and settings produced the outputs (recorded in every result)."""
         return {
+            "mode": self.mode,
             **self.backbone.describe(),
             "prompts": self.text.describe(),
             "layers": list(self.layers),

@@ -1,0 +1,189 @@
+"""Mutual, reference and fused scoring on synthetic parts with planted defects."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anomaly_vlm.cli import main
+from anomaly_vlm.errors import AnomalyVLMError, WeightsNotFoundError
+from anomaly_vlm.localizer import (
+    FEATURE_SOURCES,
+    BuiltinFeatureConfig,
+    BuiltinFeatures,
+    FusedScorer,
+    MutualConfig,
+    MutualScorer,
+    Prediction,
+    ReferenceConfig,
+    ReferenceScorer,
+    ScorerOptions,
+    build_feature_source,
+    build_scorer,
+    fuse,
+)
+from anomaly_vlm.localizer import neighbours
+
+from .synthetic import textured_image
+
+SIZE = 96
+FEATURES = BuiltinFeatures(BuiltinFeatureConfig(image_size=SIZE, grid_size=24))
+
+
+def _part(seed: int, defect: tuple[int, int] | None = None) -> Image.Image:
+    array = textured_image(np.random.default_rng(seed), SIZE)
+    if defect:
+        y, x = defect
+        array[y : y + 12, x : x + 12] = (230, 60, 40)
+    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+
+
+def _finds(anomaly_map: np.ndarray, corner: tuple[int, int], side: int = 12) -> bool:
+    """The defect pixels score at the top, and the top-scoring region is centred on the defect."""
+    y, x = corner
+    top = anomaly_map >= 0.9 * anomaly_map.max()
+    centre = np.argwhere(top).mean(axis=0)
+    inside = anomaly_map[y : y + side, x : x + side]
+    return bool(inside.min() >= 0.9 * anomaly_map.max() and y <= centre[0] < y + side and x <= centre[1] < x + side)
+
+
+def test_mutual_scoring_puts_a_planted_defect_on_top():
+    corner = (50, 20)
+    images = [_part(0, corner)] + [_part(seed) for seed in range(1, 7)]
+    prediction = MutualScorer(FEATURES, MutualConfig(neighbourhoods=(1, 3)), progress=False).score(images)
+    assert prediction.anomaly_map.shape == (7, SIZE, SIZE) and prediction.modes == ("mutual",)
+    assert 0 <= prediction.anomaly_map.min() and prediction.anomaly_map.max() <= 1
+    assert _finds(prediction.anomaly_map[0], corner)
+    assert prediction.image_score.argmax() == 0
+    assert prediction.anomaly_map[0].max() > prediction.anomaly_map[1:].max()
+
+
+def test_mutual_scoring_refuses_too_few_images():
+    with pytest.raises(AnomalyVLMError, match="at least 3"):
+        MutualScorer(FEATURES, progress=False).score([_part(0), _part(1)], "widget")
+
+
+@pytest.mark.parametrize("augmentations", [(), ("hflip", "rot90")])
+def test_reference_scoring_finds_the_defect_and_ranks_it_first(augmentations):
+    corner = (20, 60)
+    references = [_part(seed) for seed in range(10, 13)]
+    scorer = ReferenceScorer(FEATURES, ReferenceConfig(neighbourhoods=(1, 3), augmentations=augmentations), progress=False)
+    prediction = scorer.fit(references).score([_part(1), _part(2, corner), _part(3)])
+    assert _finds(prediction.anomaly_map[1], corner)
+    assert prediction.image_score.argmax() == 1
+    assert scorer.describe()["references"] == 3
+
+
+def test_reference_coreset_keeps_the_bank_bounded():
+    scorer = ReferenceScorer(FEATURES, ReferenceConfig(neighbourhoods=(1,), augmentations=(), max_bank=100), progress=False)
+    scorer.fit([_part(seed) for seed in range(3)])
+    assert len(scorer.banks[0].patches) == 100
+    assert len(scorer.banks[0].normal) == 3 * 24 * 24
+
+
+def test_nearest_distances_match_brute_force_for_any_chunking():
+    torch.manual_seed(0)
+    query, others = torch.randn(50, 8), torch.randn(7, 30, 8)
+    expected = torch.cdist(query, others.reshape(-1, 8)).view(50, 7, 30).amin(dim=2)
+    for chunk in (1, 3, 7, 100):
+        assert torch.allclose(neighbours.nearest_distance_per_image(query, others, chunk), expected, atol=1e-4)
+        assert torch.allclose(neighbours.nearest_distance(query, others.reshape(-1, 8), chunk * 10), expected.amin(1), atol=1e-4)
+
+
+def test_mutual_memory_is_bounded_by_the_chunk_not_the_batch(monkeypatch):
+    """The largest distance block is query patches x chunk_images x patches, whatever the batch size."""
+    largest = []
+    addmm = torch.addmm
+
+    def recording_addmm(*args, **kwargs):
+        out = addmm(*args, **kwargs)
+        largest[-1] = max(largest[-1], out.numel())
+        return out
+
+    monkeypatch.setattr(neighbours.torch, "addmm", recording_addmm)
+    config = MutualConfig(neighbourhoods=(1,), chunk_images=2, rescore_neighbours=0)
+    for count in (4, 12):
+        largest.append(0)
+        MutualScorer(FEATURES, config, progress=False).score([_part(seed) for seed in range(count)])
+    patches = 24 * 24
+    assert largest == [patches * 2 * patches] * 2
+
+
+def test_coreset_covers_separate_clusters():
+    bank = torch.cat([torch.zeros(50, 4), torch.full((5, 4), 10.0)])
+    chosen = neighbours.greedy_coreset(bank, 2)
+    assert {int(i) >= 50 for i in chosen} == {True, False}
+
+
+def test_fusion_of_one_map_is_that_map_and_weights_apply():
+    rng = np.random.default_rng(0)
+    a = Prediction(rng.random((2, 8, 8)).astype(np.float32), np.array([0.2, 0.8]), {}, ("mutual",))
+    assert fuse({"mutual": a}) is a
+    b = Prediction(rng.random((2, 16, 16)).astype(np.float32), np.array([0.6, 0.0]), {}, ("reference",))
+    fused = fuse({"mutual": a, "reference": b}, {"mutual": 1.0, "reference": 3.0})
+    assert fused.anomaly_map.shape == (2, 16, 16) and fused.modes == ("mutual", "reference")
+    assert np.allclose(fused.image_score, (np.array([0.2, 0.8]) + 3 * np.array([0.6, 0.0])) / 4)
+    assert np.allclose(fused.scores["reference_score"], b.image_score)
+    with pytest.raises(ValueError, match="no fusion weight"):
+        fuse({"mutual": a, "other": b}, {"mutual": 1.0})
+
+
+def test_fused_scorer_leaves_out_mutual_for_a_single_image():
+    references = [_part(seed) for seed in range(10, 12)]
+    scorer = FusedScorer([MutualScorer(FEATURES, progress=False),
+                          ReferenceScorer(FEATURES, ReferenceConfig(augmentations=()), progress=False).fit(references)])
+    assert scorer.score([_part(1)]).modes == ("reference",)
+    assert scorer.score([_part(s) for s in range(3)]).modes == ("mutual", "reference")
+
+
+@pytest.mark.parametrize("name", sorted(FEATURE_SOURCES))
+def test_every_feature_source_gives_finite_patch_grids(name, tiny_backbone):
+    source = build_feature_source(name, backbone=tiny_backbone, image_size=64, grid_size=8)
+    images = torch.stack([source.preprocess(_part(seed)) for seed in range(2)])
+    features = source.extract(images)
+    assert features.ndim == 4 and features.shape[0] == 2 and features.shape[2] == features.shape[3]
+    assert torch.isfinite(features).all()
+    assert source.describe()["features"] == name
+
+
+def test_without_clip_weights_mutual_falls_back_to_builtin_features(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    options = ScorerOptions(backbone={"name": "ViT-B-16", "weights": "openai"}, progress=False)
+    built = build_scorer(options)
+    assert built.scorer.mode == "mutual" and built.scorer.describe()["features"] == "builtin"
+    assert "built-in features" in built.notices[0] and "ViT-B-16" in built.notices[0]
+    built = build_scorer(options, references=[_part(0), _part(1)])
+    assert built.scorer.mode == "reference"
+    with pytest.raises(WeightsNotFoundError):
+        build_scorer(ScorerOptions(mode="ensemble", backbone=options.backbone))
+    with pytest.raises(WeightsNotFoundError):
+        build_scorer(ScorerOptions(mode="mutual", features="clip", backbone=options.backbone))
+
+
+TINY = ["--backbone", "anomaly-vlm-tiny", "--weights", "none", "--image-size", "64", "--device", "cpu"]
+
+
+def test_cli_training_free_modes_record_mode_and_features(tmp_path, dataset_root):
+    widget = dataset_root / "widget"
+    out = tmp_path / "mutual"
+    assert main(["score", str(widget), "--out", str(out), "--mode", "mutual", "--features", "builtin"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["models"]["mode"] == "mutual" and results["models"]["features"] == "builtin"
+    assert results["images"][0]["modes"] == ["mutual"]
+    assert "image_auroc" in json.loads((out / "metrics.json").read_text())
+
+    out = tmp_path / "fused"
+    assert main(["score", str(widget), "--out", str(out), "--mode", "fused", "--features", "builtin",
+                 "--references", str(widget / "train" / "good"), "--shots", "2", *TINY]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [p["mode"] for p in results["models"]["parts"]] == ["ensemble", "mutual", "reference"]
+    assert results["models"]["parts"][2]["references"] == 2
+    assert results["images"][0]["modes"] == ["ensemble", "mutual", "reference"]
+    assert {"ensemble_score", "mutual_score", "reference_score"} <= set(results["images"][0])
+
+
+def test_cli_reference_mode_needs_references(tmp_path, dataset_root, capsys):
+    assert main(["score", str(dataset_root / "widget"), "--out", str(tmp_path), "--mode", "reference"]) == 2
+    assert "--references" in capsys.readouterr().err
