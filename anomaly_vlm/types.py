@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -29,3 +29,71 @@ class Sample:
         relative = self.path.relative_to(self.root) if self.root else Path(self.path.parent.name, self.path.name)
         parts = ([self.category] if self.category else []) + list(relative.with_suffix("").parts)
         return "__".join(p for p in parts if p not in ("", ".", ".."))
+
+
+@dataclass(frozen=True)
+class Region:
+    """One anomalous region of an image: where it is, how big, how strongly it scored.
+
+    `box` is (x0, y0, x1, y1) in pixels with exclusive ends; `box_norm` is the same
+    divided by the image width and height. `location` is the 3x3 grid cell of the box
+    centre in words ("top left" ... "center" ... "bottom right").
+    """
+
+    box: tuple[int, int, int, int]
+    box_norm: tuple[float, float, float, float]
+    area_fraction: float
+    location: str
+    peak_score: float = 1.0
+    mean_score: float = 1.0
+
+    def to_dict(self) -> dict:
+        return {
+            "box": list(self.box),
+            "box_norm": [round(v, 4) for v in self.box_norm],
+            "area_fraction": round(self.area_fraction, 6),
+            "location": self.location,
+            "peak_score": round(self.peak_score, 4),
+            "mean_score": round(self.mean_score, 4),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Region:
+        return cls(tuple(data["box"]), tuple(data["box_norm"]), data["area_fraction"], data["location"],
+                   data.get("peak_score", 1.0), data.get("mean_score", 1.0))
+
+
+@dataclass
+class Findings:
+    """What the localizer reports about one image; the assistant answers from this."""
+
+    image_score: float
+    threshold: float
+    regions: list[Region] = field(default_factory=list)
+
+    @property
+    def anomalous(self) -> bool:
+        return self.image_score >= self.threshold
+
+    def to_dict(self) -> dict:
+        return {"image_score": round(self.image_score, 4), "threshold": self.threshold,
+                "regions": [r.to_dict() for r in self.regions]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Findings:
+        return cls(data["image_score"], data["threshold"], [Region.from_dict(r) for r in data["regions"]])
+
+    def block(self) -> str:
+        """The findings as a delimited text block: data for the assistant to read, not instructions."""
+        verdict = "above" if self.anomalous else "below"
+        lines = [
+            "<findings>",
+            f"image anomaly score: {self.image_score:.2f} ({verdict} the threshold {self.threshold:.2f})",
+            f"candidate regions: {len(self.regions)}",
+        ]
+        for i, r in enumerate(self.regions, 1):
+            box = ", ".join(f"{v:.2f}" for v in r.box_norm)
+            lines.append(f"{i}. {r.location}, box [{box}], {100 * r.area_fraction:.1f}% of the image, "
+                         f"peak score {r.peak_score:.2f}")
+        lines.append("</findings>")
+        return "\n".join(lines)

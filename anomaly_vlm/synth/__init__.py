@@ -1,0 +1,1 @@
+"""Simulated defects with exact ground truth, and instruction conversations built from them."""

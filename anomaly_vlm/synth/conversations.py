@@ -1,0 +1,99 @@
+"""Multi-turn instruction conversations answered from ground truth, phrased from `prompts/`.
+
+Messages use the chat format of transformers and TRL: each message has a role and a
+list of content parts, `{"type": "image"}` or `{"type": "text", "text": ...}`. The first
+user turn carries the image and the findings block; the answers come from the ground
+truth, never from the findings, so the model learns to check proposals, not echo them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jinja2
+import numpy as np
+
+from ..errors import DatasetError
+from ..prompts import load_yaml
+from ..types import Findings
+from .ground_truth import GroundTruth
+
+INTENTS = ("detect", "locate", "kind", "describe", "severity", "report")
+_MASS_NOUNS = {"missing material", "contamination", "discoloration", "misplaced material", "foreign material"}
+
+
+@dataclass
+class ConversationConfig:
+    turns: tuple[int, int] = field(default=(2, 4), metadata={"help": "fewest and most question turns per conversation"})
+    report_rate: float = field(default=0.3, metadata={"help": "chance that the last turn asks for a defect report"})
+    system_prompt: bool = field(default=True, metadata={"help": "start with the assistant's system prompt"})
+
+
+class Phrasebook:
+    """Question variants and answer templates per intent, validated and compiled once."""
+
+    def __init__(self, conversations: str = "conversations.yaml", assistant: str = "assistant.yaml"):
+        data = load_yaml(conversations)
+        self.system = load_yaml(assistant).get("system")
+        if not isinstance(self.system, str):
+            raise DatasetError(f"{assistant}: needs a 'system' prompt string")
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+        self.questions, self.answers = {}, {}
+        for intent in INTENTS:
+            questions = data.get("questions", {}).get(intent)
+            answers = data.get("answers", {}).get(intent, {})
+            if not questions or not answers.get("anomalous") or not answers.get("normal"):
+                raise DatasetError(f"{conversations}: intent '{intent}' needs questions and anomalous/normal answers")
+            for text in questions + answers["anomalous"] + answers["normal"]:
+                if not isinstance(text, str):
+                    raise DatasetError(f"{conversations}: '{intent}' has a non-text entry {text!r}; quote it in the YAML")
+            self.questions[intent] = [env.from_string(q) for q in questions]
+            self.answers[intent] = {k: [env.from_string(a) for a in answers[k]] for k in ("anomalous", "normal")}
+
+
+def _type_phrase(types: list[str]) -> str:
+    words = [t if t in _MASS_NOUNS else f"{'an' if t[0] in 'aeiou' else 'a'} {t}" for t in types]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _variables(truth: GroundTruth, findings: Findings, object_name: str) -> dict:
+    spurious = [r.location for r in findings.regions if not truth.anomalous]
+    box = truth.regions[0].box_norm if truth.regions else (0, 0, 0, 0)
+    locations = truth.locations
+    return {
+        "object": object_name,
+        "types": truth.defect_types,
+        "type_phrase": _type_phrase(truth.defect_types) if truth.defect_types else "",
+        "locations": locations,
+        "location_phrase": " and ".join(locations),
+        "count": len(truth.regions),
+        "percent": round(100 * truth.area_fraction, 1),
+        "severity": truth.severity or "",
+        "box": "[" + ", ".join(f"{v:.2f}" for v in box) + "]",
+        "false_alarm_location": spurious[0] if spurious else "",
+    }
+
+
+def _text(text: str) -> dict:
+    return {"type": "text", "text": text}
+
+
+def build_conversation(truth: GroundTruth, findings: Findings, object_name: str, rng: np.random.Generator,
+                       book: Phrasebook, config: ConversationConfig = ConversationConfig()) -> list[dict]:
+    """A conversation that opens with detection and goes on with follow-up questions."""
+    low, high = config.turns
+    count = int(rng.integers(low, high + 1))
+    follow_ups = [i for i in INTENTS[1:] if i != "report"]
+    intents = ["detect"] + list(rng.choice(follow_ups, size=min(count - 1, len(follow_ups)), replace=False))
+    if count > 1 and rng.random() < config.report_rate:
+        intents[-1] = "report"
+    variables = _variables(truth, findings, object_name)
+    state = "anomalous" if truth.anomalous else "normal"
+    messages = [{"role": "system", "content": [_text(book.system)]}] if config.system_prompt else []
+    for turn, intent in enumerate(intents):
+        question = book.questions[intent][rng.integers(len(book.questions[intent]))].render(variables)
+        answers = book.answers[intent][state]
+        answer = answers[rng.integers(len(answers))].render(variables)
+        content = [{"type": "image"}, _text(f"{findings.block()}\n\n{question}")] if turn == 0 else [_text(question)]
+        messages += [{"role": "user", "content": content}, {"role": "assistant", "content": [_text(answer)]}]
+    return messages

@@ -1,0 +1,58 @@
+"""Simulated localizer findings: ground truth seen through an imperfect localizer.
+
+The assistant is trained on these, so it learns to read proposals that are shifted,
+missing or spurious rather than to repeat them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..proposals import make_region
+from ..types import Findings, Region
+from .ground_truth import GroundTruth
+
+
+@dataclass
+class FindingsNoise:
+    miss_rate: float = field(default=0.1, metadata={"help": "chance that a true region is not proposed"})
+    false_alarm_rate: float = field(default=0.15, metadata={"help": "chance of one spurious region per image"})
+    jitter: float = field(default=0.15, metadata={"help": "box shift and scale noise, as a fraction of the box size"})
+    threshold: float = field(default=0.5, metadata={"help": "image score threshold the findings report"})
+
+
+def _jittered(region: Region, rng: np.random.Generator, jitter: float, width: int, height: int) -> Region:
+    x0, y0, x1, y1 = region.box
+    w, h = x1 - x0, y1 - y0
+    cx, cy = (x0 + x1) / 2 + rng.normal(0, jitter) * w, (y0 + y1) / 2 + rng.normal(0, jitter) * h
+    w, h = w * np.exp(rng.normal(0, jitter)), h * np.exp(rng.normal(0, jitter))
+    box = (int(np.clip(cx - w / 2, 0, width - 1)), int(np.clip(cy - h / 2, 0, height - 1)),
+           int(np.clip(cx + w / 2, 1, width)), int(np.clip(cy + h / 2, 1, height)))
+    box = (box[0], box[1], max(box[2], box[0] + 1), max(box[3], box[1] + 1))
+    peak = rng.uniform(0.6, 0.98)
+    area = int(region.area_fraction * width * height * np.exp(rng.normal(0, jitter)))
+    return make_region(box, width, height, max(area, 1), peak, peak * rng.uniform(0.6, 0.9))
+
+
+def _false_alarm(rng: np.random.Generator, width: int, height: int) -> Region:
+    w, h = (rng.uniform(0.03, 0.15, 2) * (width, height)).astype(int) + 1
+    x0, y0 = rng.integers(0, width - w + 1), rng.integers(0, height - h + 1)
+    peak = rng.uniform(0.5, 0.7)
+    return make_region((x0, y0, x0 + w, y0 + h), width, height, int(w * h * 0.6), peak, peak * 0.8)
+
+
+def simulate_findings(truth: GroundTruth, size: tuple[int, int], rng: np.random.Generator,
+                      noise: FindingsNoise = FindingsNoise()) -> Findings:
+    """Proposals as the localizer might report them for this ground truth, strongest first."""
+    width, height = size
+    regions = [_jittered(r, rng, noise.jitter, width, height) for r in truth.regions if rng.random() >= noise.miss_rate]
+    if rng.random() < noise.false_alarm_rate:
+        regions.append(_false_alarm(rng, width, height))
+    regions.sort(key=lambda r: -r.peak_score)
+    if regions:
+        score = max(r.peak_score for r in regions) * rng.uniform(0.85, 1.0)
+    else:
+        score = rng.uniform(0.05, 0.45) * noise.threshold * 2
+    return Findings(float(score), noise.threshold, regions)

@@ -1,0 +1,119 @@
+"""Ground truth, simulated findings and conversations of synthesized samples."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from anomaly_vlm.configs import ConfigError, from_dict
+from anomaly_vlm.proposals import LOCATIONS, grid_location, regions_from_mask
+from anomaly_vlm.synth.conversations import ConversationConfig, Phrasebook, build_conversation
+from anomaly_vlm.synth.findings import FindingsNoise, simulate_findings
+from anomaly_vlm.synth.ground_truth import ground_truth, severity_grade
+from anomaly_vlm.types import Findings
+
+# A LLaVA-style template that walks content lists, as multimodal processors' templates do.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>"
+    "{% for part in m['content'] %}{% if part['type'] == 'image' %}<image>{% else %}{{ part['text'] }}{% endif %}{% endfor %}"
+    "<|end|>\n{% endfor %}"
+)
+
+
+def _tiny_tokenizer() -> PreTrainedTokenizerFast:
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def _sample(defect: bool = True):
+    original = np.full((90, 120, 3), 100, np.uint8)
+    defective = original.copy()
+    mask = np.zeros((90, 120), bool)
+    if defect:
+        mask[5:20, 90:110] = True      # top right
+        mask[60:80, 50:70] = True      # bottom
+        defective[mask] = 200
+    return original, defective, mask
+
+
+def test_boxes_are_the_mask_components_and_words_follow_the_box_centre():
+    original, defective, mask = _sample()
+    truth = ground_truth(original, defective, mask, ["stain", "stain"])
+    assert [r.box for r in truth.regions] == [(50, 60, 70, 80), (90, 5, 110, 20)]
+    assert [r.location for r in truth.regions] == ["bottom", "top right"]
+    assert truth.regions[1].box_norm == pytest.approx((90 / 120, 5 / 90, 110 / 120, 20 / 90))
+    assert truth.area_fraction == pytest.approx(mask.mean())
+    assert truth.defect_types == ["stain"] and truth.contrast == pytest.approx(100)
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3)))
+    expected = sorted((s[1].start, s[0].start, s[1].stop, s[0].stop) for s in ndimage.find_objects(labels))
+    assert sorted(r.box for r in regions_from_mask(mask)) == expected
+
+
+@pytest.mark.parametrize("x,y,word", [(0, 0, "top left"), (50, 10, "top"), (99, 0, "top right"), (10, 50, "left"),
+                                      (50, 50, "center"), (90, 50, "right"), (0, 99, "bottom left"),
+                                      (50, 90, "bottom"), (99, 99, "bottom right")])
+def test_grid_words(x, y, word):
+    assert grid_location(x, y, 100, 100) == word and word in LOCATIONS
+
+
+def test_severity_grows_with_size_and_contrast():
+    assert severity_grade(0.001, 20) == "minor"
+    assert severity_grade(0.02, 60) == "moderate"
+    assert severity_grade(0.2, 100) == "severe"
+
+
+def test_simulated_findings_miss_jitter_and_false_alarms():
+    original, defective, mask = _sample()
+    truth = ground_truth(original, defective, mask, ["scratch"])
+    exact = simulate_findings(truth, (120, 90), np.random.default_rng(0), FindingsNoise(0.0, 0.0, 0.0))
+    assert sorted(r.box for r in exact.regions) == sorted(r.box for r in truth.regions) and exact.anomalous
+    missed = simulate_findings(truth, (120, 90), np.random.default_rng(0), FindingsNoise(miss_rate=1.0, false_alarm_rate=0.0))
+    assert missed.regions == [] and not missed.anomalous
+    normal = ground_truth(*_sample(defect=False), [])
+    alarm = simulate_findings(normal, (120, 90), np.random.default_rng(0), FindingsNoise(false_alarm_rate=1.0))
+    assert len(alarm.regions) == 1 and alarm.regions[0].peak_score <= 0.7
+    for region in alarm.regions + exact.regions:
+        x0, y0, x1, y1 = region.box
+        assert 0 <= x0 < x1 <= 120 and 0 <= y0 < y1 <= 90
+    assert Findings.from_dict(exact.to_dict()).block() == exact.block()
+
+
+@pytest.mark.parametrize("defect", [True, False])
+def test_conversations_answer_from_truth_and_render_through_a_chat_template(defect):
+    book = Phrasebook()
+    original, defective, mask = _sample(defect)
+    truth = ground_truth(original, defective, mask, ["scratch"] if defect else [])
+    tokenizer = _tiny_tokenizer()
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        findings = simulate_findings(truth, (120, 90), rng)
+        messages = build_conversation(truth, findings, "bottle", rng, book, ConversationConfig(turns=(2, 5)))
+        assert messages[0]["role"] == "system"
+        assert messages[1]["content"][0] == {"type": "image"} and "<findings>" in messages[1]["content"][1]["text"]
+        assert [m["role"] for m in messages[1:]] == ["user", "assistant"] * ((len(messages) - 1) // 2)
+        answers = " ".join(m["content"][0]["text"] for m in messages if m["role"] == "assistant")
+        if defect:
+            assert "scratch" in answers or "bottom" in answers or "top right" in answers or "report" in answers.lower()
+        else:
+            assert "a scratch" not in answers and "defective" not in answers
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+        assert rendered.count("<image>") == 1 and rendered.count("<|assistant|>") == (len(messages) - 1) // 2
+    first = messages[2]["content"][0]["text"]
+    assert first.startswith("Yes") or "defective" in first or "not pass" in first if defect else first.startswith(("No", "It passes"))
+
+
+def test_config_from_dict_names_the_key_and_the_fix():
+    noise = from_dict(FindingsNoise, {"miss_rate": 0, "jitter": 0.2}, "recipe.yaml: findings")
+    assert noise.miss_rate == 0.0 and isinstance(noise.miss_rate, float)
+    with pytest.raises(ConfigError, match=r"recipe.yaml: findings: unknown key\(s\) 'miss'; allowed: miss_rate"):
+        from_dict(FindingsNoise, {"miss": 0.1}, "recipe.yaml: findings")
+    with pytest.raises(ConfigError, match=r"findings.jitter: expected float, got 'high'"):
+        from_dict(FindingsNoise, {"jitter": "high"}, "findings")
+    config = from_dict(ConversationConfig, {"turns": [1, 3]}, "conversation")
+    assert config.turns == (1, 3)
+    with pytest.raises(ConfigError, match="expected 2 items"):
+        from_dict(ConversationConfig, {"turns": [1, 2, 3]}, "conversation")
