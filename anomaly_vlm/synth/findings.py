@@ -54,5 +54,5 @@ def simulate_findings(truth: GroundTruth, size: tuple[int, int], rng: np.random.
     if regions:
         score = max(r.peak_score for r in regions) * rng.uniform(0.85, 1.0)
     else:
-        score = rng.uniform(0.05, 0.45) * noise.threshold * 2
+        score = rng.uniform(0.1, 0.9) * noise.threshold
     return Findings(float(score), noise.threshold, regions)
