@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -131,6 +132,29 @@ def cmd_import_prompts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .errors import DatasetError
+    from .synth.export import save_dataset, save_llava, save_preview
+    from .synth.recipe import load_recipe
+    from .synth.runner import synthesize
+
+    recipe = load_recipe(args.recipe, num=args.num, seed=args.seed, source_path=args.source)
+    source = recipe.source.path if recipe.source.kind == "folder" else f"procedural {recipe.source.content}"
+    print(f"recipe {args.recipe}: {recipe.num} samples, seed {recipe.seed}, from {source}", file=sys.stderr)
+    result = synthesize(recipe, args.out, workers=args.workers)
+    for failure in result.failures:
+        print(f"failed: sample {failure['index']}: {failure['error']}", file=sys.stderr)
+    if not result.records:
+        raise DatasetError(f"{args.out}: no sample could be drawn; see the failures above")
+    outputs = [save_dataset(args.out, result.records), save_llava(args.out, result.records)]
+    if args.preview:
+        outputs.append(save_preview(args.out, result.records))
+    anomalous = sum(r["label"] for r in result.records)
+    print(f"{len(result.records)} samples ({anomalous} with defects; {result.drawn} drawn now, "
+          f"{len(result.records) - result.drawn} already on disk) -> {', '.join(map(str, outputs))}")
+    return 1 if result.failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomaly-vlm", description="Industrial anomaly inspection with CLIP and LLMs.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -178,6 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--layers", type=lambda s: tuple(int(x) for x in s.split(",")), default=(24,),
                      help="tapped blocks; AnomalyCLIP's published maps correspond to 24")
     imp.set_defaults(func=cmd_import_prompts)
+    synth = commands.add_parser("synth", help="simulated defects and instruction conversations from a recipe")
+    synth.add_argument("--recipe", required=True, type=Path, help="recipe YAML, e.g. data_recipes/objects.yaml")
+    synth.add_argument("--out", required=True, type=Path, help="output folder; an interrupted run resumes here")
+    synth.add_argument("--num", type=int, help="number of samples (default: the recipe's)")
+    synth.add_argument("--seed", type=int, help="random seed (default: the recipe's)")
+    synth.add_argument("--workers", type=int, default=min(8, len(os.sched_getaffinity(0))),
+                       help="worker processes (default: the usable cores, at most 8)")
+    synth.add_argument("--source", type=Path, help="folder of normal images, replacing the recipe's source")
+    synth.add_argument("--preview", action="store_true", help="also write preview.png: samples with masks and boxes")
+    synth.set_defaults(func=cmd_synth)
     return parser
 
 

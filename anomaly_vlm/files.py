@@ -33,3 +33,18 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_png(path: str | os.PathLike[str], array: Any, compression: int = 1) -> None:
+    """A uint8 HxW or HxWx3 (BGR) array as PNG; level 1 deflates ~5x faster than the default 6."""
+    import cv2
+
+    ok, data = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    write_bytes(path, data.tobytes())

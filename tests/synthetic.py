@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
 
 def textured_image(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -45,3 +47,20 @@ def make_category(root: Path, name: str = "widget", size: int = 64, normal: int 
         if masks:
             save(mask.astype(np.uint8) * 255, category / "ground_truth" / "stain" / f"{i:03d}_mask.png")
     return category
+
+
+# A LLaVA-style template that walks content lists, as multimodal processors' templates do.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>"
+    "{% for part in m['content'] %}{% if part['type'] == 'image' %}<image>{% else %}{{ part['text'] }}{% endif %}{% endfor %}"
+    "<|end|>\n{% endfor %}"
+)
+
+
+def tiny_chat_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer with a chat template that walks content lists."""
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast

@@ -3,8 +3,6 @@
 import numpy as np
 import pytest
 from scipy import ndimage
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from anomaly_vlm.configs import ConfigError, from_dict
 from anomaly_vlm.proposals import LOCATIONS, grid_location, regions_from_mask
@@ -13,21 +11,7 @@ from anomaly_vlm.synth.findings import FindingsNoise, simulate_findings
 from anomaly_vlm.synth.ground_truth import ground_truth, severity_grade
 from anomaly_vlm.types import Findings
 
-# A LLaVA-style template that walks content lists, as multimodal processors' templates do.
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>"
-    "{% for part in m['content'] %}{% if part['type'] == 'image' %}<image>{% else %}{{ part['text'] }}{% endif %}{% endfor %}"
-    "<|end|>\n{% endfor %}"
-)
-
-
-def _tiny_tokenizer() -> PreTrainedTokenizerFast:
-    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]")
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
-
+from .synthetic import tiny_chat_tokenizer
 
 def _sample(defect: bool = True):
     original = np.full((90, 120, 3), 100, np.uint8)
@@ -87,7 +71,7 @@ def test_conversations_answer_from_truth_and_render_through_a_chat_template(defe
     book = Phrasebook()
     original, defective, mask = _sample(defect)
     truth = ground_truth(original, defective, mask, ["scratch"] if defect else [])
-    tokenizer = _tiny_tokenizer()
+    tokenizer = tiny_chat_tokenizer()
     for seed in range(20):
         rng = np.random.default_rng(seed)
         findings = simulate_findings(truth, (120, 90), rng)

@@ -100,7 +100,7 @@ def simulator_config(name: str, values: dict) -> Any:
     return config
 
 
-def _changed_mask(
+def visible_change(
     original: np.ndarray, new: np.ndarray, region: np.ndarray
 ) -> tuple[np.ndarray, tuple[slice, slice]]:
     """region & visibly changed, without specks too small to see, and the region's bounding box.
@@ -145,7 +145,7 @@ def simulate(
     original.flags.writeable = False
     for _ in range(attempts):
         new, region, defect_type = simulator.function(original, context, config)
-        mask, box = _changed_mask(original, new, region & foreground)
+        mask, box = visible_change(original, new, region & foreground)
         if mask.any():
             result = original.copy()
             inside = mask[box]
