@@ -155,6 +155,96 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 1 if result.failures else 0
 
 
+def _assistant_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("assistant")
+    group.add_argument("--backend", choices=["text", "vlm"], default="text",
+                       help="text: a causal LM reading the findings; vlm: an image-text-to-text model")
+    group.add_argument("--model", help="hub id, local folder or .gguf (default: the embedded SmolLM2-135M-Instruct)")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+
+
+def _assistant_options(args: argparse.Namespace, **changes):
+    from .assistant.backends import AssistantOptions
+
+    return AssistantOptions(backend=args.backend, model=args.model, adapter=getattr(args, "adapter", None),
+                            device=args.device, **changes)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .assistant.adapters import LoraSettings
+    from .assistant.tuning import TuneConfig, tune
+
+    config = TuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
+                        max_samples=args.max_samples, seed=args.seed, precision=args.precision,
+                        lora=LoraSettings(rank=args.rank, alpha=2 * args.rank, scope=args.scope))
+    result = tune(_assistant_options(args, quantize=args.qlora), args.data, args.out, config, resume=args.resume)
+    first, last = result.losses[0], sum(result.losses[-10:]) / len(result.losses[-10:])
+    print(f"{result.steps} steps, loss {first:.3f} -> {last:.3f} (mean of the last 10); adapter -> {result.out}")
+    return 0
+
+
+def cmd_eval_chat(args: argparse.Namespace) -> int:
+    from .assistant.backends import GenerationSettings, build_assistant
+    from .assistant.evaluation import evaluate_chat
+    from .assistant.tuning import read_conversations
+    from .files import write_json
+
+    dataset = read_conversations(args.data)
+    assistant = build_assistant(_assistant_options(args))
+    print(f"assistant: {_assistant_summary(assistant.describe())}", file=sys.stderr)
+    result = evaluate_chat(assistant, dataset, GenerationSettings(max_new_tokens=args.max_new_tokens), args.max_samples)
+    out = args.out or Path(args.data) / "eval-chat.json"
+    write_json(out, {"assistant": assistant.describe(), "data": str(args.data), **result.to_dict()})
+    print(result.table())
+    print(f"answers and metrics -> {out}")
+    return 0
+
+
+def _assistant_summary(info: dict) -> str:
+    adapter = f" + adapter {info['adapter']}" if "adapter" in info else ""
+    return f"{info['backend']} backend, {info['model']}{adapter} on {info['device']}"
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .assistant.backends import GenerationSettings, build_assistant
+    from .assistant.dialogue import Dialogue
+    from .io import load_image
+    from .localizer import ScorerOptions, build_scorer
+    from .proposals import inspect_prediction
+
+    image = load_image(args.image)
+    references = _load_references(args.references, args.shots) if args.references else None
+    built = build_scorer(ScorerOptions(prompts=args.prompts, features=args.features, progress=False), references)
+    for notice in built.notices:
+        print(notice, file=sys.stderr)
+    prediction = built.scorer.score([image])
+    models = built.scorer.describe()
+    inspection = inspect_prediction(args.image.name, prediction.anomaly_map[0].cpu().numpy(),
+                                    float(prediction.image_score[0]), args.threshold, models, image.size)
+    assistant = build_assistant(_assistant_options(args))
+    print(f"verdict: {'ANOMALOUS' if inspection.label else 'normal'} "
+          f"(score {inspection.image_score:.2f}, threshold {inspection.threshold:.2f})")
+    for i, region in enumerate(inspection.regions, 1):
+        print(f"  region {i}: {region.location}, box {list(region.box)}, {100 * region.area_fraction:.1f}% "
+              f"of the image, peak {region.peak_score:.2f}")
+    print(f"localizer: {_summary(models)}")
+    print(f"assistant: {_assistant_summary(assistant.describe())}")
+    dialogue = Dialogue(assistant, inspection, image, GenerationSettings(max_new_tokens=args.max_new_tokens))
+    questions = [args.question] if args.question else None
+    while True:
+        question = questions.pop(0) if questions is not None else input("\nyou> ").strip()
+        if question.lower() in ("", "quit", "exit") and questions is None:
+            return 0
+        print("assistant> ", end="", flush=True)
+        for piece in dialogue.ask(question):
+            print(piece, end="", flush=True)
+        print()
+        for flag in dialogue.turns[-1].flags:
+            print(f"  ! check: the answer {flag}")
+        if questions is not None and not questions:
+            return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomaly-vlm", description="Industrial anomaly inspection with CLIP and LLMs.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -212,6 +302,45 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--source", type=Path, help="folder of normal images, replacing the recipe's source")
     synth.add_argument("--preview", action="store_true", help="also write preview.png: samples with masks and boxes")
     synth.set_defaults(func=cmd_synth)
+    tune = commands.add_parser("tune", help="LoRA-tune the assistant on synthesized conversations")
+    tune.add_argument("--data", required=True, type=Path, help="a `synth --out` folder")
+    tune.add_argument("--out", required=True, type=Path, help="adapter folder")
+    _assistant_args(tune)
+    tune.add_argument("--epochs", type=int, default=1)
+    tune.add_argument("--batch-size", type=int, default=4)
+    tune.add_argument("--lr", type=float, default=2e-4)
+    tune.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = 2 x rank)")
+    tune.add_argument("--scope", choices=["language", "all"], default="language",
+                      help="language: adapt the language model only (vision tower and projector frozen)")
+    tune.add_argument("--max-length", type=int, default=768, help="tokens per conversation")
+    tune.add_argument("--max-samples", type=int, help="use only the first N conversations")
+    tune.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    tune.add_argument("--qlora", action="store_true", help="4-bit base model through bitsandbytes (CUDA only)")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    tune.set_defaults(func=cmd_tune)
+
+    evaluate = commands.add_parser("eval-chat", help="score the assistant's answers on synthesized conversations")
+    evaluate.add_argument("--data", required=True, type=Path, help="a held-out `synth --out` folder")
+    evaluate.add_argument("--adapter", help="LoRA adapter folder written by `tune`")
+    evaluate.add_argument("--max-samples", type=int, help="evaluate only the first N conversations")
+    evaluate.add_argument("--max-new-tokens", type=int, default=64)
+    evaluate.add_argument("--out", type=Path, help="JSON output (default DATA/eval-chat.json)")
+    _assistant_args(evaluate)
+    evaluate.set_defaults(func=cmd_eval_chat)
+
+    chat = commands.add_parser("chat", help="inspect an image and talk about it")
+    chat.add_argument("image", type=Path)
+    chat.add_argument("--question", help="ask this and exit (default: interactive)")
+    chat.add_argument("--adapter", help="LoRA adapter folder written by `tune`")
+    chat.add_argument("--prompts", help="prompt checkpoint folder for the CLIP localizer")
+    chat.add_argument("--references", nargs="+", help="known-good images or folders (reference scoring)")
+    chat.add_argument("--shots", type=int, help="use only the first N references")
+    chat.add_argument("--features", choices=["auto", "builtin", "clip"], default="auto")
+    chat.add_argument("--threshold", type=float, default=0.5, help="image score and region threshold")
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    _assistant_args(chat)
+    chat.set_defaults(func=cmd_chat)
     return parser
 
 

@@ -1,11 +1,19 @@
-"""Regions from masks and anomaly maps: connected components, boxes and grid locations in words."""
+"""Regions from masks and anomaly maps: connected components, boxes and grid locations in words.
+
+Also the thresholds that turn scores into labels and masks, and the `Inspection`
+record of one image that the assistant and the reports read.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import cv2
 import numpy as np
+from scipy import ndimage
 
-from .types import Region
+from .metrics import f1_max
+from .types import Inspection, Region
 
 _ROWS = ("top", "", "bottom")
 _COLUMNS = ("left", "", "right")
@@ -19,9 +27,13 @@ def grid_location(x: float, y: float, width: int, height: int) -> str:
     return LOCATIONS[3 * row + column]
 
 
-def make_region(box: tuple[int, int, int, int], width: int, height: int, area: int,
+def make_region(box: tuple[int, int, int, int], width: int, height: int, area: float,
                 peak: float = 1.0, mean: float = 1.0) -> Region:
-    """A region for a pixel box; the location is that of the box centre."""
+    """A region for a pixel box; the location is that of the box centre.
+
+    `area` is in pixels of the width x height image; it may be fractional when it
+    was counted on a resized map.
+    """
     x0, y0, x1, y1 = box
     return Region(
         box=(int(x0), int(y0), int(x1), int(y1)),
@@ -50,3 +62,119 @@ def regions_from_mask(mask: np.ndarray, scores: np.ndarray | None = None) -> lis
             peak, mean = float(values.max()), float(values.mean())
         regions.append(make_region((x, y, x + w, y + h), width, height, int(area), peak, mean))
     return sorted(regions, key=lambda r: -r.area_fraction)
+
+
+@dataclass
+class ProposalConfig:
+    """How an anomaly map becomes region proposals."""
+
+    min_area_fraction: float = field(
+        default=0.0005, metadata={"help": "drop regions smaller than this fraction of the image"})
+    merge_distance: float = field(
+        default=0.02, metadata={"help": "merge components closer than this fraction of the shorter image side"})
+    top_k: int = field(default=5, metadata={"help": "keep this many regions, highest peak score first"})
+    max_side: int = field(
+        default=1024, metadata={"help": "longest side the map is resized to; boxes are scaled to image pixels"})
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_area_fraction <= 1.0:
+            raise ValueError(f"min_area_fraction must be in [0, 1], got {self.min_area_fraction}")
+        if self.merge_distance < 0:
+            raise ValueError(f"merge_distance must be >= 0, got {self.merge_distance}")
+        if self.top_k < 1 or self.max_side < 1:
+            raise ValueError(f"top_k and max_side must be >= 1, got {self.top_k} and {self.max_side}")
+
+
+def _check_map(anomaly_map: np.ndarray, threshold: float) -> np.ndarray:
+    scores = np.asarray(anomaly_map, dtype=np.float64)
+    if scores.ndim != 2 or scores.size == 0:
+        raise ValueError(f"anomaly map must be a non-empty 2D (H, W) array, got shape {scores.shape}")
+    if not np.isfinite(scores).all():
+        raise ValueError("anomaly map contains NaN or infinite values")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    return scores
+
+
+def _working_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """The image size capped to `max_side` on the longer side, keeping the aspect ratio."""
+    scale = min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def propose(anomaly_map: np.ndarray, threshold: float, config: ProposalConfig = ProposalConfig(),
+            image_size: tuple[int, int] | None = None) -> list[Region]:
+    """Regions where `anomaly_map` >= `threshold`, strongest first, boxes in pixels of the image.
+
+    The map is resized bilinearly to `image_size` (width, height; the map's own size
+    when None), capped at `config.max_side` for speed; boxes found at the capped size
+    are scaled out to image pixels, rounding outwards so they still cover the region.
+    Components within `config.merge_distance` of each other are joined by dilating
+    the mask before labelling, but area and scores count only the pixels above the
+    threshold, so merging never inflates a region.
+    """
+    scores = _check_map(anomaly_map, threshold)
+    width, height = image_size or (scores.shape[1], scores.shape[0])
+    if width < 1 or height < 1:
+        raise ValueError(f"image_size must be a positive (width, height), got {image_size}")
+    work_width, work_height = _working_size(width, height, config.max_side)
+    if scores.shape != (work_height, work_width):
+        scores = cv2.resize(scores, (work_width, work_height), interpolation=cv2.INTER_LINEAR)
+    mask = (scores >= threshold).astype(np.uint8)
+
+    # pixels whose gap is at most `distance` touch after dilating by a (distance + 1) square
+    distance = round(config.merge_distance * min(work_width, work_height))
+    joined = cv2.dilate(mask, np.ones((distance + 1, distance + 1), np.uint8)) if distance else mask
+    count, groups = cv2.connectedComponents(joined, connectivity=8)
+    groups = groups * mask
+    areas = np.bincount(groups.ravel(), minlength=count)[1:]
+    means = np.bincount(groups.ravel(), weights=scores.ravel(), minlength=count)[1:] / areas
+    peaks = ndimage.maximum(scores, groups, np.arange(1, count))
+
+    pixels = work_width * work_height
+    scale_area = width * height / pixels
+    regions = []
+    for (rows, cols), area, peak, mean in zip(ndimage.find_objects(groups), areas, peaks, means):
+        if area / pixels < config.min_area_fraction:
+            continue
+        box = (cols.start * width // work_width, rows.start * height // work_height,
+               min(width, -(-cols.stop * width // work_width)), min(height, -(-rows.stop * height // work_height)))
+        regions.append(make_region(box, width, height, float(area * scale_area), peak, mean))
+    regions.sort(key=lambda r: (-r.peak_score, -r.area_fraction))
+    return regions[:config.top_k]
+
+
+def threshold_f1max(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The image-score threshold that maximizes F1 (label = score >= threshold) on labelled images."""
+    labels = np.asarray(labels).ravel()
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("labels must be 0 (normal) or 1 (anomalous)")
+    return f1_max(labels, scores)[1]
+
+
+def threshold_from_normals(scores: np.ndarray, quantile: float = 0.99, margin: float = 0.0) -> float:
+    """A threshold from the scores of known-normal images alone: their `quantile` plus `margin`, in [0, 1].
+
+    For the usual case of a few good parts and no labelled defects.
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if scores.size == 0:
+        raise ValueError("threshold_from_normals needs the scores of at least one normal image")
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"quantile must be in [0, 1], got {quantile}")
+    return float(np.clip(np.quantile(scores, quantile) + margin, 0.0, 1.0))
+
+
+def inspect_prediction(image_id: str, anomaly_map: np.ndarray, image_score: float, threshold: float, models: dict,
+                       image_size: tuple[int, int] | None = None,
+                       config: ProposalConfig = ProposalConfig()) -> Inspection:
+    """The inspection record of one image: its score, label and proposed regions.
+
+    Regions are proposed whatever the image label, so a normal verdict still shows
+    any spot that crossed the threshold; `image_size` defaults to the map's size,
+    the size the boxes are then in pixels of.
+    """
+    regions = propose(anomaly_map, threshold, config, image_size)
+    map_height, map_width = np.shape(anomaly_map)
+    size = tuple(image_size) if image_size else (map_width, map_height)
+    return Inspection(image_id, float(image_score), float(threshold), regions, models, size)

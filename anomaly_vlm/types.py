@@ -97,3 +97,40 @@ class Findings:
                          f"peak score {r.peak_score:.2f}")
         lines.append("</findings>")
         return "\n".join(lines)
+
+
+@dataclass
+class Inspection:
+    """The outcome of inspecting one image: score, threshold and proposed regions, and which models made them.
+
+    `image_size` (width, height) is the size the region boxes are in pixels of.
+    Scores are stored at full precision so the label read back from JSON is the
+    label that was written; regions round as `Findings` rounds them.
+    """
+
+    image_id: str
+    image_score: float
+    threshold: float
+    regions: list[Region]
+    models: dict
+    image_size: tuple[int, int] | None = None
+
+    @property
+    def label(self) -> int:
+        return int(self.image_score >= self.threshold)
+
+    @property
+    def findings(self) -> Findings:
+        return Findings(self.image_score, self.threshold, list(self.regions))
+
+    def to_dict(self) -> dict:
+        return {"image_id": self.image_id, "image_score": self.image_score, "threshold": self.threshold,
+                "label": self.label, "regions": [r.to_dict() for r in self.regions], "models": dict(self.models),
+                "image_size": None if self.image_size is None else list(self.image_size)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Inspection:
+        size = data.get("image_size")
+        return cls(data["image_id"], data["image_score"], data["threshold"],
+                   [Region.from_dict(r) for r in data["regions"]], dict(data["models"]),
+                   None if size is None else tuple(size))

@@ -75,7 +75,8 @@ def test_conversations_answer_from_truth_and_render_through_a_chat_template(defe
     for seed in range(20):
         rng = np.random.default_rng(seed)
         findings = simulate_findings(truth, (120, 90), rng)
-        messages = build_conversation(truth, findings, "bottle", rng, book, ConversationConfig(turns=(2, 5)))
+        messages, intents = build_conversation(truth, findings, "bottle", rng, book, ConversationConfig(turns=(2, 5)))
+        assert intents[0] == "detect" and len(intents) == (len(messages) - 1) // 2
         assert messages[0]["role"] == "system"
         assert messages[1]["content"][0] == {"type": "image"} and "<findings>" in messages[1]["content"][1]["text"]
         assert [m["role"] for m in messages[1:]] == ["user", "assistant"] * ((len(messages) - 1) // 2)

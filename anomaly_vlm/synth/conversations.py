@@ -9,10 +9,12 @@ truth, never from the findings, so the model learns to check proposals, not echo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import jinja2
 import numpy as np
 
+from ..assistant.prompting import first_turn, system_prompt, text_part
 from ..errors import DatasetError
 from ..prompts import load_yaml
 from ..types import Findings
@@ -34,9 +36,7 @@ class Phrasebook:
 
     def __init__(self, conversations: str = "conversations.yaml", assistant: str = "assistant.yaml"):
         data = load_yaml(conversations)
-        self.system = load_yaml(assistant).get("system")
-        if not isinstance(self.system, str):
-            raise DatasetError(f"{assistant}: needs a 'system' prompt string")
+        self.system = system_prompt(assistant)
         env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
         self.questions, self.answers = {}, {}
         for intent in INTENTS:
@@ -74,12 +74,14 @@ def _variables(truth: GroundTruth, findings: Findings, object_name: str) -> dict
     }
 
 
-def _text(text: str) -> dict:
-    return {"type": "text", "text": text}
+class Conversation(NamedTuple):
+    messages: list[dict]
+    intents: list[str]
+    """What each question turn asks, in order: one of INTENTS."""
 
 
 def build_conversation(truth: GroundTruth, findings: Findings, object_name: str, rng: np.random.Generator,
-                       book: Phrasebook, config: ConversationConfig = ConversationConfig()) -> list[dict]:
+                       book: Phrasebook, config: ConversationConfig = ConversationConfig()) -> Conversation:
     """A conversation that opens with detection and goes on with follow-up questions."""
     low, high = config.turns
     count = int(rng.integers(low, high + 1))
@@ -89,11 +91,11 @@ def build_conversation(truth: GroundTruth, findings: Findings, object_name: str,
         intents[-1] = "report"
     variables = _variables(truth, findings, object_name)
     state = "anomalous" if truth.anomalous else "normal"
-    messages = [{"role": "system", "content": [_text(book.system)]}] if config.system_prompt else []
+    messages = [{"role": "system", "content": [text_part(book.system)]}] if config.system_prompt else []
     for turn, intent in enumerate(intents):
         question = book.questions[intent][rng.integers(len(book.questions[intent]))].render(variables)
         answers = book.answers[intent][state]
         answer = answers[rng.integers(len(answers))].render(variables)
-        content = [{"type": "image"}, _text(f"{findings.block()}\n\n{question}")] if turn == 0 else [_text(question)]
-        messages += [{"role": "user", "content": content}, {"role": "assistant", "content": [_text(answer)]}]
-    return messages
+        user = first_turn(question, findings) if turn == 0 else {"role": "user", "content": [text_part(question)]}
+        messages += [user, {"role": "assistant", "content": [text_part(answer)]}]
+    return Conversation(messages, [str(i) for i in intents])

@@ -162,7 +162,7 @@ class Synthesizer:
         height, width = image.shape[:2]
         findings = simulate_findings(truth, (width, height), rng, recipe.findings)
         object_name = self._object_name(category, kind)
-        messages = build_conversation(truth, findings, object_name, rng, self.book, recipe.conversation)
+        conversation = build_conversation(truth, findings, object_name, rng, self.book, recipe.conversation)
         folder = _slug(truth.defect_types[0]) if truth.anomalous else NORMAL_DEFECT
         name = f"{index:06d}"
         record = {
@@ -178,7 +178,8 @@ class Synthesizer:
             "defect_types": truth.defect_types,
             "ground_truth": truth.to_dict(),
             "findings": findings.to_dict(),
-            "messages": messages,
+            "messages": conversation.messages,
+            "intents": conversation.intents,
         }
         return Drawn(image, mask, record)
 

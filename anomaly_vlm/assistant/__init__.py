@@ -1,0 +1,1 @@
+"""The anomaly assistant: language models that answer from the localizer's findings."""

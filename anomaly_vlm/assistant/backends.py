@@ -1,0 +1,174 @@
+"""Assistant backends, registered by name, behind one streaming interface.
+
+`text`: any causal LM; it reads the findings block (images cannot reach it).
+`vlm`: any transformers image-text-to-text model (LLaVA, LLaVA-OneVision, Qwen2-VL,
+Idefics3/SmolVLM) through its processor and chat template; it sees the image, zoomed
+crops of the strongest regions and the findings block.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from PIL import Image
+
+from ..errors import AnomalyVLMError
+from .models import resolve_model
+from .prompting import as_text_messages
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = field(default=256, metadata={"help": "longest answer, in tokens"})
+    temperature: float = field(default=0.0, metadata={"help": "0 decodes greedily (reproducible answers)"})
+    top_p: float = field(default=0.9, metadata={"help": "nucleus sampling mass when temperature > 0"})
+
+
+@dataclass
+class AssistantOptions:
+    backend: Literal["text", "vlm"] = field(default="text", metadata={"help": "text: findings only; vlm: image too"})
+    model: str | None = field(default=None, metadata={"help": "hub id, folder or .gguf; None: the embedded default"})
+    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder written by `tune`"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
+    quantize: bool = field(default=False, metadata={"help": "load 4-bit through bitsandbytes (CUDA only)"})
+
+
+class Assistant(Protocol):
+    images: bool
+    """Whether the backend sees images (else only the findings text)."""
+
+    def describe(self) -> dict: ...
+
+    def stream(self, messages: list[dict], images: list[Image.Image], settings: GenerationSettings) -> Iterator[str]:
+        """Answer the last user message of `messages` (chat format with content parts), piece by piece."""
+        ...
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _stream_generate(model, inputs: dict, tokenizer, settings: GenerationSettings) -> Iterator[str]:
+    """Run `generate` in a thread and yield decoded text as tokens arrive."""
+    from transformers import TextIteratorStreamer
+
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    sampling = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p} \
+        if settings.temperature > 0 else {"do_sample": False}
+    kwargs = dict(inputs, streamer=streamer, max_new_tokens=settings.max_new_tokens,
+                  pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+                  **sampling)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            model.generate(**kwargs)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread below
+            errors.append(exc)
+            streamer.end()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    yield from (piece for piece in streamer if piece)
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+class TextAssistant:
+    images = False
+
+    def __init__(self, model, tokenizer, info: dict):
+        self.model, self.tokenizer, self.info = model.eval(), tokenizer, info
+
+    def describe(self) -> dict:
+        return self.info
+
+    def prompt_inputs(self, messages: list[dict]) -> dict:
+        inputs = self.tokenizer.apply_chat_template(as_text_messages(messages), add_generation_prompt=True,
+                                                    return_tensors="pt", return_dict=True)
+        return {k: v.to(self.model.device) for k, v in inputs.items()}
+
+    def stream(self, messages: list[dict], images: list[Image.Image], settings: GenerationSettings) -> Iterator[str]:
+        return _stream_generate(self.model, self.prompt_inputs(messages), self.tokenizer, settings)
+
+
+class VisionAssistant:
+    images = True
+
+    def __init__(self, model, processor, info: dict):
+        self.model, self.processor, self.info = model.eval(), processor, info
+
+    def describe(self) -> dict:
+        return self.info
+
+    def prompt_inputs(self, messages: list[dict], images: list[Image.Image]) -> dict:
+        shown = sum(p.get("type") == "image" for m in messages for p in m["content"])
+        if shown != len(images):
+            raise ValueError(f"the messages hold {shown} image slots but {len(images)} images were given")
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        inputs = self.processor(text=[text], images=images or None, return_tensors="pt")
+        dtype = self.model.dtype
+        return {k: v.to(self.model.device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
+
+    def stream(self, messages: list[dict], images: list[Image.Image], settings: GenerationSettings) -> Iterator[str]:
+        return _stream_generate(self.model, self.prompt_inputs(messages, images), self.processor.tokenizer, settings)
+
+
+def _quantization(options: AssistantOptions):
+    if not options.quantize:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        raise AnomalyVLMError("4-bit loading (QLoRA) needs a CUDA GPU with bitsandbytes; this machine has none. "
+                              "Run without --qlora/--quantize on CPU.")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def load_model(options: AssistantOptions, for_training: bool = False) -> tuple[Any, Any, dict]:
+    """(model, tokenizer or processor, description) for `options`, adapter applied when given."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    what = "text model" if options.backend == "text" else "vision-language model"
+    resolved = resolve_model(options.model, what)
+    device = _device(options.device)
+    quantization = _quantization(options)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    loader, preprocessor = (AutoModelForCausalLM, AutoTokenizer) if options.backend == "text" \
+        else (AutoModelForImageTextToText, AutoProcessor)
+    try:
+        model = loader.from_pretrained(resolved.path, dtype=dtype, quantization_config=quantization,
+                                       device_map={"": device} if quantization else None)
+        processor = preprocessor.from_pretrained(resolved.path)
+    except (OSError, ValueError) as exc:
+        raise AnomalyVLMError(f"{resolved.source}: cannot be loaded as a {what} ({exc})") from None
+    if not quantization:
+        model = model.to(device)
+    info = {"backend": options.backend, "model": resolved.source, "device": device}
+    if options.adapter:
+        from .adapters import load_adapter
+
+        model = load_adapter(model, options.adapter, trainable=for_training)
+        info["adapter"] = str(options.adapter)
+    return model, processor, info
+
+
+ASSISTANTS: dict[str, Callable[[Any, Any, dict], Assistant]] = {"text": TextAssistant, "vlm": VisionAssistant}
+
+
+def build_assistant(options: AssistantOptions = AssistantOptions()) -> Assistant:
+    if options.backend not in ASSISTANTS:
+        raise AnomalyVLMError(f"unknown assistant backend {options.backend!r}; choose {', '.join(ASSISTANTS)}")
+    return ASSISTANTS[options.backend](*load_model(options))

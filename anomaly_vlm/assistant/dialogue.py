@@ -1,0 +1,95 @@
+"""A conversation about one inspected image: history, streaming, and checks against the findings.
+
+The checks catch the two ways an assistant misleads an inspector: calling a part good
+while the localizer holds a strong region, and pointing at a place where no region is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from ..proposals import LOCATIONS
+from ..types import Findings, Inspection
+from .backends import Assistant, GenerationSettings
+from .prompting import first_turn, system_prompt, text_part, zoom_crops
+
+STRONG_PEAK = 0.7
+"""A region at least this strong makes "no anomaly" a contradiction."""
+
+_NEGATIVE = re.compile(
+    r"\b(no (visible )?(anomal\w*|defects?|damage)|not defective|(is|looks|appears) (normal|intact|fine|ok)|"
+    r"passes|passed|no issues?|nothing (wrong|unusual))\b", re.IGNORECASE)
+_POSITIVE = re.compile(r"\b(yes|defective|does not pass|anomaly is|there is an? (anomaly|defect)|damaged|reject)\b",
+                       re.IGNORECASE)
+_LOCATION = re.compile(r"\b(" + "|".join(sorted(LOCATIONS, key=len, reverse=True)) + r")\b", re.IGNORECASE)
+
+
+def says_anomalous(answer: str) -> bool | None:
+    """The verdict an answer states: True (defective), False (normal), or None (no verdict)."""
+    negative, positive = _NEGATIVE.search(answer), _POSITIVE.search(answer)
+    if negative and (not positive or negative.start() < positive.start()):
+        return False
+    return True if positive else None
+
+
+def named_locations(answer: str) -> list[str]:
+    """Grid words named in an answer, longest match first ("top left" is not also "top")."""
+    return list(dict.fromkeys(m.group(1).lower() for m in _LOCATION.finditer(answer)))
+
+
+def contradictions(answer: str, findings: Findings, strong: float = STRONG_PEAK) -> list[str]:
+    """Why `answer` disagrees with `findings`, in words; empty when it does not."""
+    flags = []
+    strongest = max(findings.regions, key=lambda r: r.peak_score, default=None)
+    if says_anomalous(answer) is False and findings.anomalous and strongest and strongest.peak_score >= strong:
+        flags.append(f"says no anomaly, but the localizer scores the image {findings.image_score:.2f} "
+                     f"(threshold {findings.threshold:.2f}) with a region at the {strongest.location} "
+                     f"(peak {strongest.peak_score:.2f})")
+    known = {r.location for r in findings.regions}
+    unknown = [word for word in named_locations(answer) if word not in known]
+    if unknown:
+        where = f"regions only at the {', '.join(sorted(known))}" if known else "no region"
+        flags.append(f"names the {', '.join(unknown)}, where the localizer has {where}")
+    return flags
+
+
+@dataclass
+class Turn:
+    question: str
+    answer: str
+    flags: list[str] = field(default_factory=list)
+
+
+class Dialogue:
+    """Questions about one image, each answered with the whole conversation as context."""
+
+    def __init__(self, assistant: Assistant, inspection: Inspection, image: Image.Image | None = None,
+                 settings: GenerationSettings = GenerationSettings(), crops: int = 2):
+        self.assistant, self.inspection, self.settings = assistant, inspection, settings
+        self.images: list[Image.Image] = []
+        if assistant.images:
+            if image is None:
+                raise ValueError("this assistant reads images: give the inspected image")
+            self.images = [image] + zoom_crops(image, inspection.regions, crops)
+        self.messages: list[dict] = [{"role": "system", "content": [text_part(system_prompt())]}]
+        self.turns: list[Turn] = []
+
+    def ask(self, question: str) -> Iterator[str]:
+        """Stream the answer; when it ends, the turn (with its flags) is in `turns`."""
+        if not question.strip():
+            raise ValueError("empty question")
+        if self.turns:
+            user = {"role": "user", "content": [text_part(question)]}
+        else:
+            user = first_turn(question, self.inspection.findings, len(self.images))
+        pieces = []
+        for piece in self.assistant.stream(self.messages + [user], self.images, self.settings):
+            pieces.append(piece)
+            yield piece
+        answer = "".join(pieces).strip()
+        self.messages += [user, {"role": "assistant", "content": [text_part(answer)]}]
+        self.turns.append(Turn(question, answer, contradictions(answer, self.inspection.findings)))
