@@ -17,7 +17,7 @@ from ..synth.simulators import DEFECT_TYPES
 from ..types import Findings
 from .backends import Assistant, GenerationSettings
 from .dialogue import contradictions, named_locations, says_anomalous
-from .tuning import _clean
+from .tuning import clean_messages
 
 _TYPES = re.compile(r"\b(" + "|".join(sorted(DEFECT_TYPES, key=len, reverse=True)) + r")", re.IGNORECASE)
 
@@ -61,7 +61,7 @@ def evaluate_chat(assistant: Assistant, dataset, settings: GenerationSettings = 
     answers = []
     rows = dataset.select(range(min(max_samples, len(dataset)))) if max_samples else dataset
     for row in tqdm(rows, desc="evaluating", unit="conversation", disable=not progress):
-        messages, findings = _clean(row["messages"]), Findings.from_dict(row["findings"])
+        messages, findings = clean_messages(row["messages"]), Findings.from_dict(row["findings"])
         anomalous, locations, types = bool(row["label"]), set(row["locations"]), set(row["defect_types"])
         images = row["images"] if assistant.images else []
         questions = [i for i, m in enumerate(messages) if m["role"] == "user"]

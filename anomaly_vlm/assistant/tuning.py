@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DatasetError
-from ..files import write_json
+from ..files import atomic_path, write_json
 from .adapters import LoraSettings, add_adapter
 from .backends import AssistantOptions, load_model
 from .prompting import as_text_messages
@@ -57,7 +57,7 @@ def read_conversations(data: str | Path):
     return dataset
 
 
-def _clean(messages: list[dict]) -> list[dict]:
+def clean_messages(messages: list[dict]) -> list[dict]:
     """Arrow stores image parts with text None; templates expect the key absent."""
     return [{"role": m["role"], "content": [{k: v for k, v in p.items() if v is not None} for p in m["content"]]}
             for m in messages]
@@ -97,7 +97,7 @@ class ConversationEncoder:
         import torch
 
         ids, labels, extra = [], [], {}
-        for n, (text, target) in enumerate(answer_pieces(_clean(messages), self._render)):
+        for n, (text, target) in enumerate(answer_pieces(clean_messages(messages), self._render)):
             if n == 0 and self.images:
                 encoded = self.preprocessor(text=[text], images=images or None, return_tensors="pt")
                 piece = encoded["input_ids"][0].tolist()
@@ -220,14 +220,12 @@ def tune(options: AssistantOptions, data: str | Path, out: str | Path, config: T
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        folder.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(accelerator.unwrap_model(model)).items()}
-        save_file(weights, str(folder / "adapter.tmp"))
-        (folder / "adapter.tmp").replace(folder / "adapter.safetensors")
-        torch.save(optimizer.state_dict(), folder / "optimizer.tmp")
-        (folder / "optimizer.tmp").replace(folder / "optimizer.pt")
-        torch.save(scheduler.state_dict(), folder / "scheduler.tmp")
-        (folder / "scheduler.tmp").replace(folder / "scheduler.pt")
+        with atomic_path(folder / "adapter.safetensors") as tmp:
+            save_file(weights, str(tmp))
+        for name, state in (("optimizer.pt", optimizer.state_dict()), ("scheduler.pt", scheduler.state_dict())):
+            with atomic_path(folder / name) as tmp:
+                torch.save(state, tmp)
         write_json(folder / "state.json", {"step": step, "losses": losses})
 
     encoded = [encode(row["messages"], row.get("images"))
