@@ -205,31 +205,40 @@ def _assistant_summary(info: dict) -> str:
     return f"{info['backend']} backend, {info['model']}{adapter} on {info['device']}"
 
 
-def cmd_chat(args: argparse.Namespace) -> int:
-    from .assistant.backends import GenerationSettings, build_assistant
-    from .assistant.dialogue import Dialogue
-    from .io import load_image
-    from .localizer import ScorerOptions, build_scorer
-    from .proposals import inspect_prediction
+def _inspector(args: argparse.Namespace):
+    """The Inspector the chat, report and app commands share, from their common options."""
+    from dataclasses import replace
 
-    image = load_image(args.image)
-    references = _load_references(args.references, args.shots) if args.references else None
-    built = build_scorer(ScorerOptions(prompts=args.prompts, features=args.features, progress=False), references)
-    for notice in built.notices:
-        print(notice, file=sys.stderr)
-    prediction = built.scorer.score([image])
-    models = built.scorer.describe()
-    inspection = inspect_prediction(args.image.name, prediction.anomaly_map[0].cpu().numpy(),
-                                    float(prediction.image_score[0]), args.threshold, models, image.size)
-    assistant = build_assistant(_assistant_options(args))
+    from .assistant.backends import GenerationSettings
+    from .inspector import Inspector, InspectorConfig
+    from .localizer import ScorerOptions
+
+    config = InspectorConfig(scorer=ScorerOptions(prompts=args.prompts, features=args.features, progress=False),
+                             threshold=args.threshold, assistant=_assistant_options(args),
+                             generation=GenerationSettings(max_new_tokens=args.max_new_tokens))
+    if getattr(args, "max_pixels", None):
+        config = replace(config, limits=replace(config.limits, max_pixels=args.max_pixels))
+    return Inspector(config)
+
+
+def _print_inspection(inspection) -> None:
     print(f"verdict: {'ANOMALOUS' if inspection.label else 'normal'} "
           f"(score {inspection.image_score:.2f}, threshold {inspection.threshold:.2f})")
     for i, region in enumerate(inspection.regions, 1):
         print(f"  region {i}: {region.location}, box {list(region.box)}, {100 * region.area_fraction:.1f}% "
               f"of the image, peak {region.peak_score:.2f}")
-    print(f"localizer: {_summary(models)}")
-    print(f"assistant: {_assistant_summary(assistant.describe())}")
-    dialogue = Dialogue(assistant, inspection, image, GenerationSettings(max_new_tokens=args.max_new_tokens))
+    print(f"localizer: {_summary(inspection.models)}")
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    inspector = _inspector(args)
+    references = _load_references(args.references, args.shots) if args.references else None
+    inspection = inspector.inspect(args.image, references=references)
+    for notice in inspector.notices:
+        print(notice, file=sys.stderr)
+    _print_inspection(inspection)
+    dialogue = inspector.dialogue(inspection)
+    print(f"assistant: {_assistant_summary(inspector.assistant.describe())}")
     questions = [args.question] if args.question else None
     while True:
         question = questions.pop(0) if questions is not None else input("\nyou> ").strip()
@@ -243,6 +252,55 @@ def cmd_chat(args: argparse.Namespace) -> int:
             print(f"  ! check: the answer {flag}")
         if questions is not None and not questions:
             return 0
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    from .report import FORMATS
+
+    chosen = tuple(f.strip().lower() for f in text.split(",") if f.strip())
+    unknown = [f for f in chosen if f not in FORMATS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"formats are a comma list of {', '.join(FORMATS)}; got {text!r}")
+    return chosen
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import ReportJob, run_report_job
+
+    inspector = _inspector(args)
+    references = _load_references(args.references, args.shots) if args.references else None
+    job = ReportJob(paths=args.paths, out=args.out, formats=args.format, explain=args.explain,
+                    per_image=args.per_image, details=args.details)
+    result = run_report_job(inspector, job, references)
+    for notice in inspector.notices:
+        print(notice, file=sys.stderr)
+    for failure in result.failures:
+        print(f"failed: {failure['path']}: {failure['error']}", file=sys.stderr)
+    anomalous = sum(i.label for i in result.inspections)
+    print(f"inspected {len(result.inspections)} images ({anomalous} anomalous, {len(result.failures)} unreadable) "
+          f"with {_summary(result.inspections[0].models) if result.inspections else 'no localizer'}")
+    if result.assistant:
+        print(f"assistant: {_assistant_summary(result.assistant)}")
+    for fmt, path in result.written.items():
+        print(f"{fmt}: {path}")
+    return 1 if result.failures else 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from .ui import AppConfig, launch
+
+    launch(_inspector(args), AppConfig(host=args.host, port=args.port, concurrency=args.concurrency,
+                                       max_upload_mb=args.max_upload_mb, share=False))
+    return 0
+
+
+def _inspection_args(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    parser.add_argument("--adapter", help="LoRA adapter folder written by `tune`")
+    parser.add_argument("--prompts", help="prompt checkpoint folder for the CLIP localizer")
+    parser.add_argument("--features", choices=["auto", "builtin", "clip"], default="auto")
+    parser.add_argument("--threshold", type=float, default=0.5, help="image score and region threshold")
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    _assistant_args(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,15 +390,35 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="inspect an image and talk about it")
     chat.add_argument("image", type=Path)
     chat.add_argument("--question", help="ask this and exit (default: interactive)")
-    chat.add_argument("--adapter", help="LoRA adapter folder written by `tune`")
-    chat.add_argument("--prompts", help="prompt checkpoint folder for the CLIP localizer")
     chat.add_argument("--references", nargs="+", help="known-good images or folders (reference scoring)")
     chat.add_argument("--shots", type=int, help="use only the first N references")
-    chat.add_argument("--features", choices=["auto", "builtin", "clip"], default="auto")
-    chat.add_argument("--threshold", type=float, default=0.5, help="image score and region threshold")
-    chat.add_argument("--max-new-tokens", type=int, default=256)
-    _assistant_args(chat)
+    _inspection_args(chat, 256)
     chat.set_defaults(func=cmd_chat)
+
+    report = commands.add_parser("report", help="inspect images and write defect reports (html, md, json, pdf)")
+    report.add_argument("paths", nargs="+", help="images, folders, or MVTec/VisA category or dataset roots")
+    report.add_argument("--out", required=True, type=Path, help="output folder; an interrupted run resumes here")
+    report.add_argument("--format", type=_formats, default=("html", "md", "json", "pdf"),
+                        help="comma list of html, md, json, pdf (default all)")
+    report.add_argument("--references", nargs="+", help="known-good images or folders (reference scoring)")
+    report.add_argument("--shots", type=int, help="use only the first N references")
+    report.add_argument("--explain", type=int, default=3,
+                        help="the assistant explains the N worst failing images (0: no assistant; default 3)")
+    report.add_argument("--per-image", choices=["none", "anomalous", "all"], default="anomalous",
+                        help="also write one report per image, in images/ (default: the anomalous ones)")
+    report.add_argument("--details", type=int, default=10, help="images shown in full in the batch report")
+    report.add_argument("--max-pixels", type=int, help="refuse images with more pixels than this")
+    _inspection_args(report, 160)
+    report.set_defaults(func=cmd_report)
+
+    app = commands.add_parser("app", help="the Gradio inspection app")
+    app.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for the network)")
+    app.add_argument("--port", type=int, default=7860)
+    app.add_argument("--concurrency", type=int, default=2, help="requests worked on at once; the rest queue")
+    app.add_argument("--max-upload-mb", type=int, default=25, help="largest upload accepted")
+    app.add_argument("--max-pixels", type=int, help="refuse images with more pixels than this")
+    _inspection_args(app, 256)
+    app.set_defaults(func=cmd_app)
     return parser
 
 

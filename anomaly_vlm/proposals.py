@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
 from .metrics import f1_max
@@ -167,7 +168,7 @@ def threshold_from_normals(scores: np.ndarray, quantile: float = 0.99, margin: f
 
 def inspect_prediction(image_id: str, anomaly_map: np.ndarray, image_score: float, threshold: float, models: dict,
                        image_size: tuple[int, int] | None = None,
-                       config: ProposalConfig = ProposalConfig()) -> Inspection:
+                       config: ProposalConfig = ProposalConfig(), image: Image.Image | None = None) -> Inspection:
     """The inspection record of one image: its score, label and proposed regions.
 
     Regions are proposed whatever the image label, so a normal verdict still shows
@@ -177,4 +178,5 @@ def inspect_prediction(image_id: str, anomaly_map: np.ndarray, image_score: floa
     regions = propose(anomaly_map, threshold, config, image_size)
     map_height, map_width = np.shape(anomaly_map)
     size = tuple(image_size) if image_size else (map_width, map_height)
-    return Inspection(image_id, float(image_score), float(threshold), regions, models, size)
+    return Inspection(image_id, float(image_score), float(threshold), regions, models, size,
+                      image=image, anomaly_map=np.asarray(anomaly_map, dtype=np.float32))

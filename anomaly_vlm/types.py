@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,9 @@ class Inspection:
 
     `image_size` (width, height) is the size the region boxes are in pixels of.
     Scores are stored at full precision so the label read back from JSON is the
-    label that was written; regions round as `Findings` rounds them.
+    label that was written; regions round as `Findings` rounds them. `image` and
+    `anomaly_map` travel along in memory (the assistant and reports need them) but
+    are not part of the JSON record; reports and batch runs store them as PNG files.
     """
 
     image_id: str
@@ -114,6 +117,8 @@ class Inspection:
     regions: list[Region]
     models: dict
     image_size: tuple[int, int] | None = None
+    image: Any = field(default=None, repr=False, compare=False)
+    anomaly_map: Any = field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> int:

@@ -79,3 +79,34 @@ def tiny_vlm(seed: int = 0):
                          vision_feature_select_strategy="default", vision_feature_layer=-1)
     torch.manual_seed(seed)
     return LlavaForConditionalGeneration(config).eval(), processor
+
+
+class ScriptedAssistant:
+    """Answers from a list; records what it was shown."""
+
+    images = False
+
+    def __init__(self, answers):
+        self.answers, self.seen = list(answers), []
+
+    def describe(self):
+        return {"backend": "scripted"}
+
+    def stream(self, messages, images, settings):
+        self.seen.append(messages)
+        yield from (word + " " for word in self.answers.pop(0).split(" "))
+
+
+class FindingsAssistant:
+    """Answers from the findings block it was shown, word by word: each session's answer names its own regions."""
+
+    images = False
+
+    def describe(self):
+        return {"backend": "findings-echo", "model": "test", "device": "cpu"}
+
+    def stream(self, messages, images, settings):
+        findings = messages[1]["content"][-1]["text"]
+        locations = [line.split(". ", 1)[1].split(",")[0] for line in findings.splitlines() if line[:1].isdigit()]
+        answer = f"Yes, there is a defect at the {locations[0]}." if locations else "No anomaly found."
+        yield from (word + " " for word in answer.split(" "))

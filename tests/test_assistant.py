@@ -21,7 +21,7 @@ from anomaly_vlm.synth.recipe import load_recipe
 from anomaly_vlm.synth.runner import synthesize
 from anomaly_vlm.types import Findings, Inspection
 
-from .assistant_models import tiny_text_model, tiny_vlm
+from .assistant_models import ScriptedAssistant, tiny_text_model, tiny_vlm
 from .test_synth_runner import RECIPES
 
 FINDINGS = Findings(0.82, 0.5, [make_region((40, 8, 60, 20), 64, 64, 200, 0.91, 0.7),
@@ -181,22 +181,6 @@ def test_contradictions_are_flagged():
     assert flags == ["names the center, where the localizer has regions only at the bottom left, top right"]
     weak = Findings(0.3, 0.5, [])
     assert contradictions("No defect found.", weak) == []
-
-
-class ScriptedAssistant:
-    """Answers from a list; records what it was shown."""
-
-    images = False
-
-    def __init__(self, answers):
-        self.answers, self.seen = list(answers), []
-
-    def describe(self):
-        return {"backend": "scripted"}
-
-    def stream(self, messages, images, settings):
-        self.seen.append(messages)
-        yield from (word + " " for word in self.answers.pop(0).split(" "))
 
 
 def test_dialogue_keeps_history_and_flags_contradictions():

@@ -64,6 +64,9 @@ def test_simulated_findings_miss_jitter_and_false_alarms():
         x0, y0, x1, y1 = region.box
         assert 0 <= x0 < x1 <= 120 and 0 <= y0 < y1 <= 90
     assert Findings.from_dict(exact.to_dict()).block() == exact.block()
+    capped = simulate_findings(truth, (120, 90), np.random.default_rng(0), FindingsNoise(0.0, 1.0, 0.0, top_k=2))
+    assert len(capped.regions) == 2 and capped.block().count("peak score") == 2
+    assert capped.regions[0].peak_score >= capped.regions[1].peak_score
 
 
 @pytest.mark.parametrize("defect", [True, False])

@@ -68,24 +68,30 @@ class Dialogue:
     """Questions about one image, each answered with the whole conversation as context."""
 
     def __init__(self, assistant: Assistant, inspection: Inspection, image: Image.Image | None = None,
-                 settings: GenerationSettings = GenerationSettings(), crops: int = 2):
+                 settings: GenerationSettings = GenerationSettings(), crops: int = 2, history: list[Turn] = ()):
         self.assistant, self.inspection, self.settings = assistant, inspection, settings
         self.images: list[Image.Image] = []
+        image = image if image is not None else inspection.image
         if assistant.images:
             if image is None:
                 raise ValueError("this assistant reads images: give the inspected image")
             self.images = [image] + zoom_crops(image, inspection.regions, crops)
         self.messages: list[dict] = [{"role": "system", "content": [text_part(system_prompt())]}]
         self.turns: list[Turn] = []
+        for turn in history:
+            self.messages += [self._user(turn.question), {"role": "assistant", "content": [text_part(turn.answer)]}]
+            self.turns.append(turn)
+
+    def _user(self, question: str) -> dict:
+        if len(self.messages) > 1:
+            return {"role": "user", "content": [text_part(question)]}
+        return first_turn(question, self.inspection.findings, len(self.images))
 
     def ask(self, question: str) -> Iterator[str]:
         """Stream the answer; when it ends, the turn (with its flags) is in `turns`."""
         if not question.strip():
             raise ValueError("empty question")
-        if self.turns:
-            user = {"role": "user", "content": [text_part(question)]}
-        else:
-            user = first_turn(question, self.inspection.findings, len(self.images))
+        user = self._user(question)
         pieces = []
         for piece in self.assistant.stream(self.messages + [user], self.images, self.settings):
             pieces.append(piece)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import DatasetError
+from ..errors import AnomalyVLMError, DatasetError
 from ..files import atomic_path, write_json
 from .adapters import LoraSettings, add_adapter
 from .backends import AssistantOptions, load_model
@@ -37,6 +37,7 @@ class TuneConfig:
     max_samples: int | None = field(default=None, metadata={"help": "use only the first N conversations"})
     seed: int = field(default=0, metadata={"help": "data order and LoRA initialisation"})
     save_every: int = field(default=50, metadata={"help": "steps between resumable checkpoints"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
     precision: Literal["fp32", "bf16"] = field(
         default="bf16", metadata={"help": "bf16 autocast halves step time on CPUs with AVX-512 BF16 and on GPUs"})
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -146,6 +147,19 @@ def answer_loss(model, batch: dict):
     return F.cross_entropy(logits.flatten(0, 1).float(), targets[:, keep].flatten(), ignore_index=IGNORE)
 
 
+def encode_all(dataset, encode: ConversationEncoder, progress: bool = True) -> list[dict]:
+    """Every conversation encoded; those cut so short that no answer token is left are dropped, with a message."""
+    encoded = [encode(row["messages"], row.get("images"))
+               for row in tqdm(dataset, desc="encoding", unit="conversation", disable=not progress)]
+    kept = [item for item in encoded if (item["labels"] != IGNORE).any()]
+    if not kept:
+        raise DatasetError(f"no conversation has an answer within --max-length {encode.max_length}")
+    if len(kept) < len(encoded):
+        print(f"{len(encoded) - len(kept)} of {len(encoded)} conversations have no answer within "
+              f"--max-length {encode.max_length}; they are left out")
+    return kept
+
+
 @dataclass
 class TuneResult:
     out: Path
@@ -190,10 +204,10 @@ def tune(options: AssistantOptions, data: str | Path, out: str | Path, config: T
         model, preprocessor, info = load_model(options, for_training=True)
     else:
         (model, preprocessor), info = model_and_preprocessor, {"backend": options.backend, "model": "given"}
-    images = options.backend == "vlm"
-    encode = ConversationEncoder(preprocessor, images, config.max_length)
-    tokenizer = encode.tokenizer
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encode = ConversationEncoder(preprocessor, options.backend == "vlm", config.max_length)
+    encoded = encode_all(dataset, encode, progress)
+    lengths = [len(item["input_ids"]) for item in encoded]
+    pad_id = encode.tokenizer.pad_token_id if encode.tokenizer.pad_token_id is not None else encode.tokenizer.eos_token_id
     if options.quantize:
         from peft import prepare_model_for_kbit_training
 
@@ -201,20 +215,20 @@ def tune(options: AssistantOptions, data: str | Path, out: str | Path, config: T
     model = add_adapter(model, config.lora)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
-    steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
+    steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
     total = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, config.warmup))
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     model, optimizer = accelerator.prepare(model, optimizer)
 
     checkpoint = out / CHECKPOINT
-    start, losses = 0, []
+    start, losses, skipped = 0, [], []
     if resume and (checkpoint / "state.json").is_file():
         state = json.loads((checkpoint / "state.json").read_text())
         set_peft_model_state_dict(accelerator.unwrap_model(model), load_file(str(checkpoint / "adapter.safetensors")))
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
-        start, losses = state["step"], state["losses"]
+        start, losses, skipped = state["step"], state["losses"], state.get("skipped", [])
 
     def save(step: int, folder: Path) -> None:
         from peft import get_peft_model_state_dict
@@ -226,11 +240,8 @@ def tune(options: AssistantOptions, data: str | Path, out: str | Path, config: T
         for name, state in (("optimizer.pt", optimizer.state_dict()), ("scheduler.pt", scheduler.state_dict())):
             with atomic_path(folder / name) as tmp:
                 torch.save(state, tmp)
-        write_json(folder / "state.json", {"step": step, "losses": losses})
+        write_json(folder / "state.json", {"step": step, "losses": losses, "skipped": skipped})
 
-    encoded = [encode(row["messages"], row.get("images"))
-               for row in tqdm(dataset, desc="encoding", unit="conversation", disable=not progress)]
-    lengths = [len(item["input_ids"]) for item in encoded]
     model.train()
     bar = tqdm(total=total, initial=start, desc="tuning", unit="step", disable=not progress)
     for step in range(start, total):
@@ -239,18 +250,26 @@ def tune(options: AssistantOptions, data: str | Path, out: str | Path, config: T
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
             loss = answer_loss(model, batch)
-        accelerator.backward(loss)
-        optimizer.step()
+        if torch.isfinite(loss):
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+            optimizer.step()
+            losses.append(round(float(loss.detach()), 5))
+        else:
+            skipped.append(step)
+            if len(skipped) >= 3 and skipped[-3:] == list(range(step - 2, step + 1)):
+                raise AnomalyVLMError(f"tuning loss is not finite at steps {skipped[-3:]}; "
+                                      "try --precision fp32 or a lower --lr")
         scheduler.step()
         optimizer.zero_grad()
-        losses.append(round(float(loss.detach()), 5))
         bar.update()
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        bar.set_postfix(loss=f"{losses[-1]:.3f}" if losses else "-", skipped=len(skipped))
         if (step + 1) % config.save_every == 0 and step + 1 < total:
             save(step + 1, checkpoint)
     bar.close()
     unwrapped = accelerator.unwrap_model(model)
     unwrapped.save_pretrained(str(out), safe_serialization=True)
-    write_json(out / "tune.json", {"format": 1, "base": info, "data": str(data), "conversations": len(dataset),
-                                   "steps": total, "losses": losses, "config": asdict(config)})
+    write_json(out / "tune.json", {"format": 1, "base": info, "data": str(data), "conversations": len(encoded),
+                                   "steps": total, "losses": losses, "skipped_steps": skipped,
+                                   "config": asdict(config)})
     return TuneResult(out, total, losses)

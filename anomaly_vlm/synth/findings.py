@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..proposals import make_region
+from ..proposals import ProposalConfig, make_region
 from ..types import Findings, Region
 from .ground_truth import GroundTruth
 
@@ -21,6 +21,8 @@ class FindingsNoise:
     false_alarm_rate: float = field(default=0.15, metadata={"help": "chance of one spurious region per image"})
     jitter: float = field(default=0.15, metadata={"help": "box shift and scale noise, as a fraction of the box size"})
     threshold: float = field(default=0.5, metadata={"help": "image score threshold the findings report"})
+    top_k: int = field(default=ProposalConfig.top_k,
+                       metadata={"help": "regions reported at most, strongest first, as the localizer's proposals"})
 
 
 def _jittered(region: Region, rng: np.random.Generator, jitter: float, width: int, height: int) -> Region:
@@ -50,7 +52,7 @@ def simulate_findings(truth: GroundTruth, size: tuple[int, int], rng: np.random.
     regions = [_jittered(r, rng, noise.jitter, width, height) for r in truth.regions if rng.random() >= noise.miss_rate]
     if rng.random() < noise.false_alarm_rate:
         regions.append(_false_alarm(rng, width, height))
-    regions.sort(key=lambda r: -r.peak_score)
+    regions = sorted(regions, key=lambda r: -r.peak_score)[: noise.top_k]
     if regions:
         score = max(r.peak_score for r in regions) * rng.uniform(0.85, 1.0)
     else:

@@ -1,0 +1,342 @@
+"""Defect reports for production: one image or a batch, as HTML, Markdown, JSON and PDF.
+
+Every format renders the same JSON document (schema in `report_schema.json`,
+`schema_version` 1), so what the PDF says is what the JSON says. Wording comes from
+`prompts/report.yaml` and the HTML/Markdown layouts from `prompts/report.*.j2`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+from .files import write_bytes, write_json, write_text
+from .prompts import load_yaml, prompts_dir
+from .types import Inspection
+from .visualize import annotate, score_histogram
+
+if TYPE_CHECKING:
+    from .inspector import Inspector
+
+SCHEMA_VERSION = 1
+FORMATS = ("html", "md", "json", "pdf")
+SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
+
+
+@dataclass
+class ReportEntry:
+    """One inspected image as a report shows it: the inspection and what the assistant said about it."""
+
+    inspection: Inspection
+    path: str | None = None
+    explanation: str | None = None
+    flags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReportOptions:
+    details: int = field(default=10, metadata={"help": "images shown in full in a batch report, worst first"})
+    image_side: int = field(default=768, metadata={"help": "longest side of embedded pictures, in pixels"})
+    title: str | None = field(default=None, metadata={"help": "report title (default from prompts/report.yaml)"})
+
+
+def _version() -> str:
+    try:
+        return metadata.version("anomaly-vlm")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def report_document(entries: list[ReportEntry], failures: list[dict] = (), settings: dict | None = None,
+                    assistant: dict | None = None, created: datetime | None = None) -> dict:
+    """The report as JSON-ready data: images worst first, counts, models and settings."""
+    ranked = sorted(entries, key=lambda e: -e.inspection.image_score)
+    thresholds = sorted({e.inspection.threshold for e in entries})
+    images = [{**e.inspection.to_dict(), "path": e.path,
+               "verdict": "anomalous" if e.inspection.label else "normal",
+               "explanation": e.explanation, "flags": list(e.flags)} for e in ranked]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "image" if len(entries) == 1 and not failures else "batch",
+        "created": (created or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+        "generator": f"anomaly-vlm {_version()}",
+        "summary": {"total": len(entries) + len(failures), "anomalous": sum(e.inspection.label for e in entries),
+                    "normal": sum(1 - e.inspection.label for e in entries), "errors": len(failures),
+                    "thresholds": thresholds},
+        "settings": settings or {},
+        "assistant": assistant,
+        "images": images,
+        "failures": [{"path": str(f["path"]), "error": str(f["error"])} for f in failures],
+    }
+
+
+@dataclass
+class Figures:
+    """Pictures of a report: per detailed image its original and annotated overlay; the batch histogram."""
+
+    pictures: dict[str, tuple[Image.Image, Image.Image]]
+    histogram: Image.Image | None
+
+
+def _fit(image: Image.Image, side: int) -> Image.Image:
+    image = image.convert("RGB")
+    image.thumbnail((side, side))
+    return image
+
+
+def make_figures(entries: list[ReportEntry], document: dict, options: ReportOptions) -> Figures:
+    by_id = {e.inspection.image_id: e.inspection for e in entries}
+    pictures = {}
+    for item in document["images"][: _detail_count(document, options)]:
+        inspection = by_id[item["image_id"]]
+        if inspection.image is None:
+            continue
+        shown = annotate(inspection.image, inspection.anomaly_map, inspection.regions)
+        pictures[item["image_id"]] = (_fit(inspection.image, options.image_side), _fit(shown, options.image_side))
+    histogram = None
+    if document["kind"] == "batch" and document["images"]:
+        thresholds = document["summary"]["thresholds"]
+        histogram = score_histogram([i["image_score"] for i in document["images"]], thresholds[0])
+    return Figures(pictures, histogram)
+
+
+def _detail_count(document: dict, options: ReportOptions) -> int:
+    return len(document["images"]) if document["kind"] == "image" else options.details
+
+
+def _context(document: dict, options: ReportOptions) -> dict:
+    words = load_yaml("report.yaml")
+    title = options.title or (words["title"] if document["kind"] == "image" else words["batch_title"])
+    summary = document["summary"]
+    return {"doc": document, "w": words, "title": title,
+            "details": document["images"][: _detail_count(document, options)],
+            "counts": words["counts"].format(total=summary["total"], failed=summary["anomalous"],
+                                             passed=summary["normal"], errors=summary["errors"]),
+            "footer": words["footer"].format(version=_version(), created=document["created"]),
+            "score_line": lambda item: words["score_line"].format(score=item["image_score"],
+                                                                  threshold=item["threshold"]),
+            "pct": lambda value: f"{100 * value:.2f}",
+            "settings_json": json.dumps({"settings": document["settings"], "assistant": document["assistant"]},
+                                        indent=2)}
+
+
+def _template(name: str, autoescape: bool):
+    from jinja2 import Environment, StrictUndefined
+
+    environment = Environment(autoescape=autoescape, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return environment.from_string((prompts_dir() / name).read_text(encoding="utf-8"))
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **({"quality": 88} if fmt == "JPEG" else {"optimize": True}))
+    return buffer.getvalue()
+
+
+def _encode_all(figures: Figures) -> tuple[dict[str, tuple[bytes, bytes]], bytes | None]:
+    """Photos as JPEG (a tenth of the PNG size, kept as is inside the PDF), the chart as PNG."""
+    pictures = {key: tuple(_encoded(p, "JPEG") for p in pair) for key, pair in figures.pictures.items()}
+    return pictures, _encoded(figures.histogram, "PNG") if figures.histogram is not None else None
+
+
+def render_html(document: dict, figures: Figures, options: ReportOptions = ReportOptions()) -> str:
+    """A self-contained page: every picture embedded as a data URI."""
+    def uri(data: bytes, kind: str) -> str:
+        return f"data:image/{kind};base64," + base64.b64encode(data).decode("ascii")
+
+    encoded, chart = _encode_all(figures)
+    pictures = {k: tuple(uri(p, "jpeg") for p in pair) for k, pair in encoded.items()}
+    histogram = uri(chart, "png") if chart is not None else None
+    return _template("report.html.j2", True).render(**_context(document, options), pictures=pictures,
+                                                    histogram=histogram)
+
+
+def render_markdown(document: dict, figures: Figures, assets: str,
+                    options: ReportOptions = ReportOptions()) -> tuple[str, dict[str, bytes]]:
+    """Markdown text and the picture files it links to, under the relative folder `assets`."""
+    files, pictures = {}, {}
+    encoded, chart = _encode_all(figures)
+    for number, (key, (original, shown)) in enumerate(encoded.items(), 1):
+        names = (f"{assets}/{number:03d}_original.jpg", f"{assets}/{number:03d}_overlay.jpg")
+        files.update({names[0]: original, names[1]: shown})
+        pictures[key] = names
+    histogram = None
+    if chart is not None:
+        histogram = f"{assets}/histogram.png"
+        files[histogram] = chart
+    text = _template("report.md.j2", False).render(**_context(document, options), pictures=pictures,
+                                                   histogram=histogram)
+    return text, files
+
+
+def _latin1(text: str) -> str:
+    """PDF core fonts cover Latin-1 only; keep the text readable rather than failing on a dash."""
+    text = text.translate(str.maketrans({"\u2014": "-", "\u2013": "-", "\u2018": "'", "\u2019": "'",
+                                         "\u201c": '"', "\u201d": '"', "\u2026": "...", "\u00a0": " "}))
+    return text.encode("latin-1", "replace").decode("latin-1")
+
+
+def render_pdf(document: dict, figures: Figures, options: ReportOptions = ReportOptions()) -> bytes:
+    from fpdf import FPDF
+    from fpdf.enums import XPos, YPos
+
+    context = _context(document, options)
+    words = context["w"]
+    encoded, chart = _encode_all(figures)
+    pdf = FPDF(format="A4")
+    pdf.set_auto_page_break(True, margin=15)
+    pdf.set_title(_latin1(context["title"]))
+    pdf.set_creator(_latin1(document["generator"]))
+    pdf.add_page()
+    width = pdf.epw
+
+    def heading(text: str, size: int = 13) -> None:
+        if pdf.get_y() > pdf.h - pdf.b_margin - 25:
+            pdf.add_page()
+        pdf.set_font("Helvetica", "B", size)
+        pdf.cell(0, size * 0.6, _latin1(text), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        pdf.ln(1)
+
+    def paragraph(text: str, size: int = 10, style: str = "") -> None:
+        pdf.set_font("Helvetica", style, size)
+        pdf.multi_cell(0, size * 0.5, _latin1(text), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        pdf.ln(1)
+
+    def table(header: list[str], rows: list[list[str]], widths: tuple[int, ...]) -> None:
+        pdf.set_font("Helvetica", "", 8)
+        with pdf.table(col_widths=widths, text_align="LEFT", line_height=4.5, first_row_as_headings=True) as grid:
+            for row in [header] + rows:
+                cells = grid.row()
+                for value in row:
+                    cells.cell(_latin1(str(value)))
+        pdf.ln(2)
+
+    heading(context["title"], 16)
+    paragraph(f"{document['created']}  |  {context['counts']}", 9)
+    if document["kind"] == "batch":
+        heading(words["sections"]["summary"])
+        if chart is not None:
+            pdf.image(io.BytesIO(chart), w=min(width, 150))
+        columns = words["batch_columns"]
+        rows = [[str(n), item["image_id"], f"{item['image_score']:.3f}", words["verdict"][item["verdict"]],
+                 str(len(item["regions"])), item["regions"][0]["location"] if item["regions"] else "-"]
+                for n, item in enumerate(document["images"], 1)]
+        heading(words["sections"]["table"])
+        table([columns[k] for k in ("rank", "image", "score", "verdict", "regions", "where")], rows,
+              (8, 60, 16, 40, 14, 30))
+        if document["failures"]:
+            heading(words["sections"]["failures"])
+            for failure in document["failures"]:
+                paragraph(f"{failure['path']}: {failure['error']}", 8)
+    for item in context["details"]:
+        if pdf.get_y() > pdf.h - 120:
+            pdf.add_page()
+        heading(f"{item['image_id']}: {words['verdict'][item['verdict']]}", 12)
+        paragraph(context["score_line"](item), 9)
+        if item["image_id"] in figures.pictures:
+            top, half = pdf.get_y(), (width - 4) / 2
+            original = figures.pictures[item["image_id"]][0]
+            height = half * original.height / original.width
+            if top + height > pdf.h - 20:
+                pdf.add_page()
+                top = pdf.get_y()
+            for column, data in enumerate(encoded[item["image_id"]]):
+                pdf.image(io.BytesIO(data), x=pdf.l_margin + column * (half + 4), y=top, w=half)
+            pdf.set_y(top + height + 2)
+        columns = words["columns"]
+        if item["regions"]:
+            rows = [[str(n), r["location"], ", ".join(map(str, r["box"])), context["pct"](r["area_fraction"]),
+                     f"{r['peak_score']:.2f}", f"{r['mean_score']:.2f}"] for n, r in enumerate(item["regions"], 1)]
+            table([columns[k] for k in ("number", "location", "box", "size", "peak", "mean")], rows,
+                  (8, 30, 50, 30, 25, 25))
+        else:
+            paragraph(words["no_regions"], 9, "I")
+        if item["explanation"]:
+            heading(words["sections"]["explanation"], 10)
+            paragraph(item["explanation"], 9)
+            for flag in item["flags"]:
+                paragraph(f"! {flag}", 8, "I")
+    heading(words["sections"]["models"], 10)
+    paragraph(context["settings_json"], 7)
+    paragraph(context["footer"], 7, "I")
+    return bytes(pdf.output())
+
+
+def write_report(entries: list[ReportEntry], out: str | Path, name: str = "report", formats: tuple[str, ...] = FORMATS,
+                 failures: list[dict] = (), settings: dict | None = None, assistant: dict | None = None,
+                 options: ReportOptions = ReportOptions()) -> dict[str, Path]:
+    """Write the report in each format as `out/name.<ext>`, each file atomically; returns the paths."""
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise ValueError(f"unknown report format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}")
+    out = Path(out)
+    document = report_document(entries, failures, settings, assistant)
+    figures = make_figures(entries, document, options)
+    written = {}
+    for fmt in formats:
+        path = out / f"{name}.{fmt}"
+        if fmt == "json":
+            write_json(path, document)
+        elif fmt == "html":
+            write_text(path, render_html(document, figures, options))
+        elif fmt == "md":
+            text, files = render_markdown(document, figures, f"{name}_files", options)
+            for relative, data in files.items():
+                write_bytes(out / relative, data)
+            write_text(path, text)
+        else:
+            write_bytes(path, render_pdf(document, figures, options))
+        written[fmt] = path
+    return written
+
+
+def settings_of(config) -> dict:
+    """The settings a report records: a dataclass config as plain JSON data."""
+    return json.loads(json.dumps(asdict(config), default=str))
+
+
+@dataclass
+class ReportJob:
+    """What `anomaly-vlm report` does: inspect `paths`, explain the worst, write the reports to `out`."""
+
+    paths: list[str]
+    out: Path
+    formats: tuple[str, ...] = FORMATS
+    explain: int = field(default=3, metadata={"help": "the assistant explains this many of the worst failing images"})
+    per_image: str = field(default="anomalous", metadata={"help": "none, anomalous or all: also one report per image"})
+    details: int = field(default=10, metadata={"help": "images shown in full in the batch report"})
+
+
+@dataclass
+class ReportRun:
+    inspections: list[Inspection]
+    failures: list[dict]
+    written: dict[str, Path]
+    assistant: dict | None
+
+
+def run_report_job(inspector: Inspector, job: ReportJob, references: list[Image.Image] | None = None,
+                   progress: bool = True) -> ReportRun:
+    """Inspect (resumably, through `inspect_batch`), explain and write the batch and per-image reports."""
+    batch = inspector.inspect_batch(job.paths, job.out, references, progress=progress)
+    entries = [ReportEntry(i, path=p) for i, p in zip(batch.inspections, batch.paths)]
+    worst = sorted((e for e in entries if e.inspection.label), key=lambda e: -e.inspection.image_score)
+    for entry in worst[: job.explain]:
+        entry.explanation, entry.flags = inspector.explain(entry.inspection)
+    assistant = inspector.assistant.describe() if job.explain and worst else None
+    settings = settings_of(inspector.config)
+    options = ReportOptions(details=job.details)
+    written = write_report(entries, job.out, "report", job.formats, batch.failures, settings, assistant, options)
+    chosen = [e for e in entries if job.per_image == "all" or (job.per_image == "anomalous" and e.inspection.label)]
+    for entry in chosen:
+        write_report([entry], job.out / "images", entry.inspection.image_id, job.formats, (), settings,
+                     assistant if entry.explanation else None, options)
+    return ReportRun(batch.inspections, batch.failures, written, assistant)

@@ -1,0 +1,291 @@
+"""The Gradio inspection app: one image with a chat about it, or a batch with a score table.
+
+`InspectionApp` holds the app's functions and is tested without a browser; `build_ui`
+only lays them out. Each browser session keeps its own inspection, chat turns and
+report folder in a `gr.State`, so nothing is shared between users but the models.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from .assistant.dialogue import Turn
+from .errors import AnomalyVLMError, ImageLoadError
+from .inspector import Inspector
+from .io import is_image_file, load_image
+from .report import ReportEntry, ReportOptions, settings_of, write_report
+from .types import Inspection
+from .visualize import annotate
+
+FINDINGS_HEADERS = ["#", "location", "box (x0, y0, x1, y1)", "size %", "peak", "mean"]
+BATCH_HEADERS = ["rank", "image", "score", "verdict", "regions", "strongest region"]
+
+
+@dataclass
+class AppConfig:
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int = field(default=7860, metadata={"help": "port to listen on"})
+    concurrency: int = field(default=2, metadata={"help": "requests worked on at once; the rest wait in the queue"})
+    queue_size: int = field(default=64, metadata={"help": "requests that may wait; more are turned away"})
+    max_upload_mb: int = field(default=25, metadata={"help": "largest uploaded file"})
+    max_batch: int = field(default=200, metadata={"help": "most images in one batch (zip members included)"})
+    max_references: int = field(default=16, metadata={"help": "most reference images per inspection"})
+    share: bool = field(default=False, metadata={"help": "ask Gradio for a public link (needs the internet)"})
+
+
+@dataclass
+class Session:
+    """One browser session: its current inspection, the chat about it, and its private folder."""
+
+    folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="anomaly-vlm-session-")))
+    inspection: Inspection | None = None
+    turns: list[Turn] = field(default_factory=list)
+    batch: list[Inspection] = field(default_factory=list)
+    batch_failures: list[dict] = field(default_factory=list)
+
+
+def safe_name(name: str, fallback: str = "image") -> str:
+    """A file-name stem made of safe characters only: uploads never choose where the app writes."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(name)).stem).strip("._")
+    return stem[:80] or fallback
+
+
+def _path_of(upload) -> Path:
+    """Gradio hands uploads over as paths (str) or as objects with a `.name`."""
+    return Path(upload if isinstance(upload, (str, Path)) else upload.name)
+
+
+def findings_rows(inspection: Inspection) -> list[list]:
+    return [[n, r.location, ", ".join(map(str, r.box)), round(100 * r.area_fraction, 2), round(r.peak_score, 3),
+             round(r.mean_score, 3)] for n, r in enumerate(inspection.regions, 1)]
+
+
+def verdict_markdown(inspection: Inspection, notices: list[str] = ()) -> str:
+    word = "**FAIL: anomaly found**" if inspection.label else "**PASS: no anomaly found**"
+    lines = [f"### {word}", f"Anomaly score **{inspection.image_score:.2f}** against threshold "
+             f"{inspection.threshold:.2f} · {len(inspection.regions)} region(s)",
+             f"Localizer: `{inspection.models.get('mode', '?')}` ({_localizer_words(inspection.models)})"]
+    return "\n\n".join(lines + [f"> {n.splitlines()[-1]}" for n in notices])
+
+
+def _localizer_words(models: dict) -> str:
+    parts = models.get("parts", [models])
+    return " + ".join(f"{p.get('mode')}: {p.get('backbone') or p.get('features', '')}" for p in parts)
+
+
+class InspectionApp:
+    """What the UI's buttons do, as plain methods (the tests drive these directly)."""
+
+    def __init__(self, inspector: Inspector, config: AppConfig = AppConfig()):
+        self.inspector, self.config = inspector, config
+
+    def _load(self, upload) -> tuple[Image.Image, str]:
+        path = _path_of(upload)
+        return load_image(path, self.inspector.config.limits), safe_name(path.name)
+
+    def _references(self, uploads) -> list[Image.Image] | None:
+        if not uploads:
+            return None
+        if len(uploads) > self.config.max_references:
+            raise AnomalyVLMError(f"{len(uploads)} reference images; at most {self.config.max_references} are used")
+        return [self._load(u)[0] for u in uploads]
+
+    def inspect(self, upload, references, product: str, threshold: float, session: Session):
+        """Score the uploaded image: annotated heatmap, findings rows, verdict text; the chat starts over."""
+        if upload is None:
+            raise AnomalyVLMError("upload an image to inspect")
+        image, name = self._load(upload)
+        inspection = self.inspector.inspect(image, category=product.strip() or None,
+                                            references=self._references(references), image_id=name,
+                                            threshold=float(threshold))
+        session.inspection, session.turns = inspection, []
+        shown = annotate(image, inspection.anomaly_map, inspection.regions)
+        return shown, findings_rows(inspection), verdict_markdown(inspection, self.inspector.notices), [], session
+
+    def chat(self, question: str, session: Session) -> Iterator[tuple[list[dict], Session]]:
+        """Stream the assistant's answer into the chat history (messages format)."""
+        if session.inspection is None:
+            raise AnomalyVLMError("inspect an image first, then ask about it")
+        if not question or not question.strip():
+            raise AnomalyVLMError("type a question")
+        dialogue = self.inspector.dialogue(session.inspection, session.turns)
+        history = self._history(session.turns) + [{"role": "user", "content": question}]
+        answer = ""
+        for piece in dialogue.ask(question):
+            answer += piece
+            yield history + [{"role": "assistant", "content": answer}], session
+        session.turns = list(dialogue.turns)
+        yield self._history(session.turns), session
+
+    @staticmethod
+    def _history(turns: list[Turn]) -> list[dict]:
+        history = []
+        for turn in turns:
+            answer = turn.answer + "".join(f"\n\n> ⚠ check: the answer {flag}" for flag in turn.flags)
+            history += [{"role": "user", "content": turn.question}, {"role": "assistant", "content": answer}]
+        return history
+
+    def report(self, session: Session) -> list[str]:
+        """HTML and PDF reports of the current inspection, with the chat's last answer as the explanation."""
+        if session.inspection is None:
+            raise AnomalyVLMError("inspect an image first")
+        last = session.turns[-1] if session.turns else None
+        entry = ReportEntry(session.inspection, explanation=last.answer if last else None,
+                            flags=list(last.flags) if last else [])
+        assistant = self.inspector.assistant.describe() if last else None
+        written = write_report([entry], session.folder / "report", safe_name(session.inspection.image_id),
+                               ("html", "pdf"), settings=settings_of(self.inspector.config), assistant=assistant)
+        return [str(written["html"]), str(written["pdf"])]
+
+    def _batch_files(self, uploads, folder: Path) -> list[Path]:
+        """Uploaded images, and the images inside uploaded zips, copied under `folder` with safe names."""
+        folder.mkdir(parents=True, exist_ok=True)
+        files, taken = [], set()
+
+        def place(name: str, data_source) -> None:
+            if len(files) >= self.config.max_batch:
+                raise AnomalyVLMError(f"more than {self.config.max_batch} images in one batch")
+            stem, suffix = safe_name(name), Path(name).suffix.lower()
+            target, n = folder / f"{stem}{suffix}", 1
+            while target.name in taken:
+                target, n = folder / f"{stem}-{n}{suffix}", n + 1
+            taken.add(target.name)
+            with open(target, "wb") as out:
+                shutil.copyfileobj(data_source, out, length=1 << 20)
+            files.append(target)
+
+        limit = self.config.max_upload_mb * 2**20
+        for upload in uploads or []:
+            path = _path_of(upload)
+            if zipfile.is_zipfile(path):
+                with zipfile.ZipFile(path) as archive:
+                    members = [m for m in archive.infolist() if not m.is_dir() and is_image_file(Path(m.filename))]
+                    if sum(m.file_size for m in members) > 4 * limit:
+                        raise AnomalyVLMError(f"{path.name}: unpacks to more than {4 * self.config.max_upload_mb} MB")
+                    for member in members:
+                        with archive.open(member) as data:
+                            place(Path(member.filename).name, data)
+            else:
+                with open(path, "rb") as data:
+                    place(path.name, data)
+        if not files:
+            raise AnomalyVLMError("upload images, or a zip of images")
+        return files
+
+    def inspect_batch(self, uploads, references, product: str, threshold: float, session: Session):
+        """Score a batch: rows worst first, and the HTML and PDF batch reports."""
+        run_folder = Path(tempfile.mkdtemp(prefix="batch-", dir=session.folder))
+        files = self._batch_files(uploads, run_folder / "images")
+        run = self.inspector.inspect_batch([str(f) for f in files], references=self._references(references),
+                                           category=product.strip() or None, threshold=float(threshold),
+                                           progress=False)
+        session.batch, session.batch_failures = run.inspections, run.failures
+        ranked = sorted(run.inspections, key=lambda i: -i.image_score)
+        rows = [[n, i.image_id, round(i.image_score, 4), "FAIL" if i.label else "PASS", len(i.regions),
+                 i.regions[0].location if i.regions else "-"] for n, i in enumerate(ranked, 1)]
+        written = write_report([ReportEntry(i) for i in run.inspections], run_folder, "batch-report", ("html", "pdf"),
+                               run.failures, settings_of(self.inspector.config), options=ReportOptions(details=10))
+        failures = "\n".join(f"- `{Path(f['path']).name}`: {f['error'].split(': ', 1)[-1]}" for f in run.failures)
+        summary = (f"**{len(run.inspections)}** inspected: **{sum(i.label for i in run.inspections)}** FAIL, "
+                   f"**{sum(1 - i.label for i in run.inspections)}** PASS, {len(run.failures)} unreadable"
+                   + (f"\n\n{failures}" if failures else ""))
+        return rows, summary, [str(written["html"]), str(written["pdf"])], session
+
+
+def _guarded(function):
+    """Turn the library's errors into a message in the UI instead of a generic 'Error'."""
+    import functools
+    import inspect
+
+    import gradio as gr
+
+    if inspect.isgeneratorfunction(function):
+        @functools.wraps(function)
+        def streaming(*args):
+            try:
+                yield from function(*args)
+            except (AnomalyVLMError, ImageLoadError, ValueError) as exc:
+                raise gr.Error(str(exc)) from None
+        return streaming
+
+    @functools.wraps(function)
+    def plain(*args):
+        try:
+            return function(*args)
+        except (AnomalyVLMError, ImageLoadError, ValueError) as exc:
+            raise gr.Error(str(exc)) from None
+    return plain
+
+
+def build_ui(app: InspectionApp):
+    import gradio as gr
+
+    with gr.Blocks(title="anomaly-vlm inspection") as demo:
+        session = gr.State(Session)
+        gr.Markdown("# anomaly-vlm inspection\nUpload a part photo, inspect it, then ask what is wrong, "
+                    "where and why. Without CLIP weights, add a few known-good reference images.")
+        with gr.Tab("Inspect"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    upload = gr.Image(type="filepath", label="Part photo", elem_id="upload")
+                    references = gr.File(file_count="multiple", file_types=["image"], type="filepath",
+                                         label="Known-good reference images (optional)", elem_id="references")
+                    product = gr.Textbox(label="Product name (optional)", placeholder="e.g. bottle")
+                    threshold = gr.Slider(0.05, 0.95, value=app.inspector.config.threshold, step=0.01,
+                                          label="Threshold")
+                    inspect_button = gr.Button("Inspect", variant="primary", elem_id="inspect")
+                with gr.Column(scale=1):
+                    heatmap = gr.Image(type="pil", label="Anomaly heatmap and regions", interactive=False,
+                                       elem_id="heatmap")
+                    verdict = gr.Markdown(elem_id="verdict")
+                    findings = gr.Dataframe(headers=FINDINGS_HEADERS, label="Findings", interactive=False)
+            chatbot = gr.Chatbot(label="Assistant", height=360, elem_id="chat")
+            with gr.Row():
+                question = gr.Textbox(placeholder="Is anything wrong? Where? What kind? How bad?", show_label=False,
+                                      scale=4, elem_id="question")
+                ask_button = gr.Button("Ask", scale=1, elem_id="ask")
+            with gr.Row():
+                report_button = gr.Button("Download report (HTML, PDF)", elem_id="report")
+                report_files = gr.File(label="Report", file_count="multiple", interactive=False)
+            inspect_button.click(_guarded(app.inspect), [upload, references, product, threshold, session],
+                                 [heatmap, findings, verdict, chatbot, session], api_name="inspect")
+            ask = {"fn": _guarded(app.chat), "inputs": [question, session], "outputs": [chatbot, session]}
+            ask_button.click(**ask, api_name="ask").then(lambda: "", None, question)
+            question.submit(**ask, api_visibility="private").then(lambda: "", None, question)
+            report_button.click(_guarded(app.report), [session], [report_files], api_name="report")
+        with gr.Tab("Batch"):
+            batch_uploads = gr.File(file_count="multiple", file_types=["image", ".zip"], type="filepath",
+                                    label="Images or a zip of images")
+            batch_references = gr.File(file_count="multiple", file_types=["image"], type="filepath",
+                                       label="Known-good reference images (optional)")
+            with gr.Row():
+                batch_product = gr.Textbox(label="Product name (optional)")
+                batch_threshold = gr.Slider(0.05, 0.95, value=app.inspector.config.threshold, step=0.01,
+                                            label="Threshold")
+            batch_button = gr.Button("Inspect batch", variant="primary")
+            batch_summary = gr.Markdown()
+            batch_table = gr.Dataframe(headers=BATCH_HEADERS, label="Scores, worst first (click a header to sort)",
+                                       interactive=False)
+            batch_files = gr.File(label="Batch report", file_count="multiple", interactive=False)
+            batch_button.click(_guarded(app.inspect_batch),
+                               [batch_uploads, batch_references, batch_product, batch_threshold, session],
+                               [batch_table, batch_summary, batch_files, session], api_name="inspect_batch")
+    demo.queue(default_concurrency_limit=app.config.concurrency, max_size=app.config.queue_size)
+    return demo
+
+
+def launch(inspector: Inspector, config: AppConfig = AppConfig(), block: bool = True):
+    """Serve the app; returns the Blocks (still serving) when `block` is False."""
+    demo = build_ui(InspectionApp(inspector, config))
+    demo.launch(server_name=config.host, server_port=config.port, share=config.share,
+                max_file_size=f"{config.max_upload_mb}mb", prevent_thread_lock=not block, show_error=True,
+                quiet=not block)
+    return demo
