@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -38,6 +39,8 @@ class InspectorConfig:
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     limits: ImageLimits = field(default_factory=ImageLimits)
     max_references: int = field(default=16, metadata={"help": "reference images kept per product, first ones first"})
+    cached_products: int = field(default=8, metadata={"help": "fitted reference scorers kept, least recently used "
+                                                               "dropped first"})
 
 
 @dataclass
@@ -61,8 +64,9 @@ class Inspector:
     """Inspect images and answer questions about them.
 
     Scorers are built on first use and cached: one default scorer, and one per set of
-    reference images (keyed by product name or by the images' content), so a second
-    question or a second image of the same product reuses the fitted models. Scoring
+    reference images (keyed by their content, and reachable by product name), so a
+    second image of the same product reuses the fitted models; the cache is bounded,
+    so a long-running app does not grow with every reference set it has seen. Scoring
     is serialised by a lock because torch models are not re-entrant across threads;
     the assistant streams outside it.
     """
@@ -72,7 +76,8 @@ class Inspector:
         self.config = config
         self._default_scorer = scorer
         self._assistant = assistant
-        self._scorers: dict[str, AnomalyScorer] = {}
+        self._scorers: OrderedDict[str, AnomalyScorer] = OrderedDict()   # reference fingerprint -> fitted scorer
+        self._products: dict[str, str] = {}                               # product name -> fingerprint
         self.notices: list[str] = []
         self._lock = threading.RLock()
 
@@ -84,25 +89,29 @@ class Inspector:
             return self._assistant
 
     def scorer(self, category: str | None = None, references: list[Image.Image] | None = None) -> AnomalyScorer:
-        """The scorer for this product: fitted to `references` when given, else to those seen for `category`."""
+        """The scorer for this product: fitted to `references` when given, else to those last given for `category`."""
         with self._lock:
             if references:
-                references = references[: self.config.max_references]
-                key = f"{category}:{_fingerprint(references)}"
+                key = _fingerprint(references[: self.config.max_references])
                 if key not in self._scorers:
-                    built = build_scorer(self.config.scorer, references)
-                    self.notices += [n for n in built.notices if n not in self.notices]
-                    self._scorers[key] = built.scorer
+                    self._scorers[key] = self._build(references[: self.config.max_references])
+                    while len(self._scorers) > self.config.cached_products:
+                        evicted, _ = self._scorers.popitem(last=False)
+                        self._products = {p: k for p, k in self._products.items() if k != evicted}
+                self._scorers.move_to_end(key)
                 if category:
-                    self._scorers[f"{category}:"] = self._scorers[key]
+                    self._products[category] = key
                 return self._scorers[key]
-            if category and f"{category}:" in self._scorers:
-                return self._scorers[f"{category}:"]
+            if category in self._products:
+                return self._scorers[self._products[category]]
             if self._default_scorer is None:
-                built = build_scorer(self.config.scorer)
-                self.notices += [n for n in built.notices if n not in self.notices]
-                self._default_scorer = built.scorer
+                self._default_scorer = self._build(None)
             return self._default_scorer
+
+    def _build(self, references: list[Image.Image] | None) -> AnomalyScorer:
+        built = build_scorer(self.config.scorer, references)
+        self.notices += [n for n in built.notices if n not in self.notices]
+        return built.scorer
 
     def _open(self, image: Image.Image | str | Path) -> tuple[Image.Image, str]:
         if isinstance(image, Image.Image):

@@ -51,6 +51,10 @@ class Session:
     batch: list[Inspection] = field(default_factory=list)
     batch_failures: list[dict] = field(default_factory=list)
 
+    def close(self) -> None:
+        """Remove the session's files (Gradio calls this when the browser session ends)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
 
 def safe_name(name: str, fallback: str = "image") -> str:
     """A file-name stem made of safe characters only: uploads never choose where the app writes."""
@@ -229,7 +233,7 @@ def build_ui(app: InspectionApp):
     import gradio as gr
 
     with gr.Blocks(title="anomaly-vlm inspection") as demo:
-        session = gr.State(Session)
+        session = gr.State(Session, delete_callback=Session.close)
         gr.Markdown("# anomaly-vlm inspection\nUpload a part photo, inspect it, then ask what is wrong, "
                     "where and why. Without CLIP weights, add a few known-good reference images.")
         with gr.Tab("Inspect"):

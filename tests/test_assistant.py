@@ -127,6 +127,15 @@ def test_a_lora_step_lowers_the_loss_and_the_adapter_reloads_exactly(build, tmp_
     with torch.no_grad():
         assert torch.equal(reloaded(**inputs).logits, expected)
         assert not torch.allclose(build()[0](**inputs).logits, expected)   # the adapter changed the answer
+    if not images:   # loading for chat merges the adapter into the weights: same logits, plain modules
+        base = tmp_path / "base"
+        fresh, tokenizer = build()
+        fresh.save_pretrained(str(base), safe_serialization=True)
+        tokenizer.save_pretrained(str(base))
+        merged, _, info = load_model(AssistantOptions(model=str(base), adapter=str(tmp_path), device="cpu"))
+        assert info["adapter"] == str(tmp_path) and not any("lora_" in n for n, _ in merged.named_parameters())
+        with torch.no_grad():
+            torch.testing.assert_close(merged.eval()(**inputs).logits, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_adapter_errors_name_the_folder(tmp_path):

@@ -41,6 +41,17 @@ def test_inspect_one_image_with_references_reuses_the_fitted_scorer(dataset_root
     assert strict.threshold == 0.99 and all(r.peak_score >= 0.99 for r in strict.regions)
 
 
+def test_fitted_scorers_are_cached_per_reference_set_and_bounded(references):
+    inspector = builtin_inspector()
+    inspector.config.cached_products = 1
+    first = inspector.scorer("widget", references[:2])
+    assert inspector.scorer("widget") is first and inspector.scorer(None, references[:2]) is first
+    second = inspector.scorer("gadget", references[2:])
+    assert second is not first and inspector.scorer("gadget") is second
+    assert inspector.scorer(None, references[:2]) is not first          # evicted, fitted again
+    assert inspector.scorer("gadget") is inspector.scorer()              # its product name went with it
+
+
 def test_single_image_without_references_or_clip_says_what_to_add(dataset_root):
     with pytest.raises(AnomalyVLMError, match="normal references"):
         builtin_inspector().inspect(sorted((dataset_root / "widget" / "test" / "good").glob("*.png"))[0])

@@ -25,6 +25,7 @@ class GenerationSettings:
     max_new_tokens: int = field(default=256, metadata={"help": "longest answer, in tokens"})
     temperature: float = field(default=0.0, metadata={"help": "0 decodes greedily (reproducible answers)"})
     top_p: float = field(default=0.9, metadata={"help": "nucleus sampling mass when temperature > 0"})
+    min_new_tokens: int = field(default=0, metadata={"help": "shortest answer (benchmarks fix the length)"})
 
 
 @dataclass
@@ -63,6 +64,7 @@ def _stream_generate(model, inputs: dict, tokenizer, settings: GenerationSetting
     sampling = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p} \
         if settings.temperature > 0 else {"do_sample": False}
     kwargs = dict(inputs, streamer=streamer, max_new_tokens=settings.max_new_tokens,
+                  min_new_tokens=settings.min_new_tokens,
                   pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
                   **sampling)
     errors: list[BaseException] = []
@@ -161,6 +163,8 @@ def load_model(options: AssistantOptions, for_training: bool = False) -> tuple[A
         from .adapters import load_adapter
 
         model = load_adapter(model, options.adapter, trainable=for_training)
+        if not for_training and not quantization:
+            model = model.merge_and_unload()  # one matmul per projection again: adapters cost nothing at inference
         info["adapter"] = str(options.adapter)
     return model, processor, info
 
