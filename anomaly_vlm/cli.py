@@ -61,7 +61,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .io import collect_samples
-    from .localizer import DEFAULT_WEIGHTS, FusionConfig, ScorerOptions, build_scorer
+    from .localizer import DEFAULT_WEIGHTS, FusionConfig, ScorerOptions, build_scorer, describe_models
     from .scoring import ScoreConfig, format_metrics, score_samples
 
     samples = collect_samples(args.paths)
@@ -75,7 +75,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     for notice in built.notices:
         print(notice, file=sys.stderr)
     models = built.scorer.describe()
-    print(f"scoring {len(samples)} images, mode {models['mode']}: {_summary(models)}", file=sys.stderr)
+    print(f"scoring {len(samples)} images, mode {models['mode']}: {describe_models(models)}", file=sys.stderr)
     config = replace(ScoreConfig(), threshold=args.threshold, save_maps=not args.no_maps)
     run = score_samples(built.scorer, samples, args.out, config)
     print(f"scored {len(run.results)} images -> {args.out}/scores.csv, results.json" + (", maps/" if config.save_maps else ""))
@@ -84,19 +84,6 @@ def cmd_score(args: argparse.Namespace) -> int:
     for failure in run.failures:
         print(f"failed: {failure['path']}: {failure['error']}", file=sys.stderr)
     return 1 if run.failures else 0
-
-
-def _summary(models: dict) -> str:
-    """One line naming the models behind a scorer's description."""
-    parts = models.get("parts", [models])
-    described = []
-    for part in parts:
-        if "prompts" in part:
-            described.append(f"{part['mode']} ({part['backbone']}, {part['weights']}, {part['prompts']})")
-        else:
-            source = f"{part['backbone']} features" if part["features"] == "clip" else "built-in features"
-            described.append(f"{part['mode']} ({source})")
-    return " + ".join(described)
 
 
 def cmd_train_prompts(args: argparse.Namespace) -> int:
@@ -222,12 +209,14 @@ def _inspector(args: argparse.Namespace):
 
 
 def _print_inspection(inspection) -> None:
+    from .localizer import describe_models
+
     print(f"verdict: {'ANOMALOUS' if inspection.label else 'normal'} "
           f"(score {inspection.image_score:.2f}, threshold {inspection.threshold:.2f})")
     for i, region in enumerate(inspection.regions, 1):
         print(f"  region {i}: {region.location}, box {list(region.box)}, {100 * region.area_fraction:.1f}% "
               f"of the image, peak {region.peak_score:.2f}")
-    print(f"localizer: {_summary(inspection.models)}")
+    print(f"localizer: {describe_models(inspection.models)}")
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -265,6 +254,7 @@ def _formats(text: str) -> tuple[str, ...]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .localizer import describe_models
     from .report import ReportJob, run_report_job
 
     inspector = _inspector(args)
@@ -278,7 +268,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"failed: {failure['path']}: {failure['error']}", file=sys.stderr)
     anomalous = sum(i.label for i in result.inspections)
     print(f"inspected {len(result.inspections)} images ({anomalous} anomalous, {len(result.failures)} unreadable) "
-          f"with {_summary(result.inspections[0].models) if result.inspections else 'no localizer'}")
+          f"with {describe_models(result.inspections[0].models) if result.inspections else 'no localizer'}")
     if result.assistant:
         print(f"assistant: {_assistant_summary(result.assistant)}")
     for fmt, path in result.written.items():

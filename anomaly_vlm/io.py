@@ -80,8 +80,14 @@ def load_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarr
         raise DatasetError(f"{path}: unreadable mask ({exc})") from None
 
 
+def is_image_name(name: str) -> bool:
+    """An image by its name: a known suffix, not a hidden file."""
+    path = Path(name)
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
 def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    return path.is_file() and is_image_name(path.name)
 
 
 def _images_in(folder: Path) -> list[Path]:

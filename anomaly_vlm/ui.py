@@ -20,7 +20,8 @@ from PIL import Image
 from .assistant.dialogue import Turn
 from .errors import AnomalyVLMError, ImageLoadError
 from .inspector import Inspector
-from .io import is_image_file, load_image
+from .io import is_image_name, load_image
+from .localizer import describe_models
 from .report import ReportEntry, ReportOptions, settings_of, write_report
 from .types import Inspection
 from .visualize import annotate
@@ -76,13 +77,8 @@ def verdict_markdown(inspection: Inspection, notices: list[str] = ()) -> str:
     word = "**FAIL: anomaly found**" if inspection.label else "**PASS: no anomaly found**"
     lines = [f"### {word}", f"Anomaly score **{inspection.image_score:.2f}** against threshold "
              f"{inspection.threshold:.2f} · {len(inspection.regions)} region(s)",
-             f"Localizer: `{inspection.models.get('mode', '?')}` ({_localizer_words(inspection.models)})"]
+             f"Localizer: {describe_models(inspection.models)}"]
     return "\n\n".join(lines + [f"> {n.splitlines()[-1]}" for n in notices])
-
-
-def _localizer_words(models: dict) -> str:
-    parts = models.get("parts", [models])
-    return " + ".join(f"{p.get('mode')}: {p.get('backbone') or p.get('features', '')}" for p in parts)
 
 
 class InspectionApp:
@@ -171,7 +167,7 @@ class InspectionApp:
             path = _path_of(upload)
             if zipfile.is_zipfile(path):
                 with zipfile.ZipFile(path) as archive:
-                    members = [m for m in archive.infolist() if not m.is_dir() and is_image_file(Path(m.filename))]
+                    members = [m for m in archive.infolist() if not m.is_dir() and is_image_name(m.filename)]
                     if sum(m.file_size for m in members) > 4 * limit:
                         raise AnomalyVLMError(f"{path.name}: unpacks to more than {4 * self.config.max_upload_mb} MB")
                     for member in members:
@@ -233,13 +229,13 @@ def build_ui(app: InspectionApp):
     import gradio as gr
 
     with gr.Blocks(title="anomaly-vlm inspection") as demo:
-        session = gr.State(Session, delete_callback=Session.close)
+        session = gr.State(lambda: Session(), delete_callback=Session.close)  # a factory: one Session per visitor
         gr.Markdown("# anomaly-vlm inspection\nUpload a part photo, inspect it, then ask what is wrong, "
                     "where and why. Without CLIP weights, add a few known-good reference images.")
         with gr.Tab("Inspect"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    upload = gr.Image(type="filepath", label="Part photo", elem_id="upload")
+                    upload = gr.Image(type="filepath", label="Part photo", height=360, elem_id="upload")
                     references = gr.File(file_count="multiple", file_types=["image"], type="filepath",
                                          label="Known-good reference images (optional)", elem_id="references")
                     product = gr.Textbox(label="Product name (optional)", placeholder="e.g. bottle")
@@ -248,7 +244,7 @@ def build_ui(app: InspectionApp):
                     inspect_button = gr.Button("Inspect", variant="primary", elem_id="inspect")
                 with gr.Column(scale=1):
                     heatmap = gr.Image(type="pil", label="Anomaly heatmap and regions", interactive=False,
-                                       elem_id="heatmap")
+                                       height=360, elem_id="heatmap")
                     verdict = gr.Markdown(elem_id="verdict")
                     findings = gr.Dataframe(headers=FINDINGS_HEADERS, label="Findings", interactive=False)
             chatbot = gr.Chatbot(label="Assistant", height=360, elem_id="chat")

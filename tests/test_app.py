@@ -1,12 +1,10 @@
 """The Gradio app: its functions called directly, then the running app driven through gradio_client."""
 
-import io
 import json
 import socket
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 

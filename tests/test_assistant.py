@@ -16,13 +16,9 @@ from anomaly_vlm.assistant.prompting import first_turn, system_prompt, text_part
 from anomaly_vlm.assistant.tuning import IGNORE, ConversationEncoder, TuneConfig, answer_loss, collate, epoch_batches, tune
 from anomaly_vlm.errors import AnomalyVLMError, CheckpointError, WeightsNotFoundError
 from anomaly_vlm.proposals import make_region
-from anomaly_vlm.synth.export import save_dataset
-from anomaly_vlm.synth.recipe import load_recipe
-from anomaly_vlm.synth.runner import synthesize
 from anomaly_vlm.types import Findings, Inspection
 
 from .assistant_models import ScriptedAssistant, tiny_text_model, tiny_vlm
-from .test_synth_runner import RECIPES
 
 FINDINGS = Findings(0.82, 0.5, [make_region((40, 8, 60, 20), 64, 64, 200, 0.91, 0.7),
                                 make_region((2, 50, 10, 60), 64, 64, 50, 0.55, 0.52)])
@@ -30,17 +26,6 @@ FINDINGS = Findings(0.82, 0.5, [make_region((40, 8, 60, 20), 64, 64, 200, 0.91, 
 
 def _opening(images: int = 1) -> list[dict]:
     return [{"role": "system", "content": [text_part(system_prompt())]}, first_turn("Is anything wrong?", FINDINGS, images)]
-
-
-@pytest.fixture(scope="module")
-def conversations(tmp_path_factory):
-    """A small synthesized set on drawn parts, as `synth` writes it."""
-    out = tmp_path_factory.mktemp("synth")
-    recipe = load_recipe(RECIPES / "procedural.yaml", num=6, seed=2)
-    recipe.source.image_size = 64
-    records = synthesize(recipe, out, progress=False).records
-    save_dataset(out, records)
-    return out
 
 
 def test_text_prompt_holds_the_findings_and_no_image():

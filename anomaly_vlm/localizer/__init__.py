@@ -2,7 +2,7 @@
 
 from .checkpoint import PromptCheckpoint, import_reference, load_prompts, read_checkpoint, save_prompts
 from .config import LocalizerConfig, PromptConfig
-from .factory import BuiltScorer, ScorerOptions, build_localizer, build_scorer, prompt_mode
+from .factory import BuiltScorer, ScorerOptions, build_localizer, build_scorer, describe_models, prompt_mode
 from .features import FEATURE_SOURCES, BuiltinFeatureConfig, BuiltinFeatures, ClipFeatures, build_feature_source, register_feature_source
 from .fusion import DEFAULT_WEIGHTS, FusedScorer, FusionConfig, fuse
 from .model import Localizer, LocalizerOutput
@@ -29,6 +29,7 @@ __all__ = [
     "ScorerOptions",
     "build_feature_source",
     "build_scorer",
+    "describe_models",
     "fuse",
     "register_feature_source",
     "Localizer",

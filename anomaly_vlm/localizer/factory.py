@@ -136,3 +136,15 @@ def _feature_source(choice: FeatureChoice, backbone: ClipBackbone | None):
     if choice == "clip" or (choice == "auto" and backbone is not None):
         return build_feature_source("clip", backbone=backbone)
     return build_feature_source("builtin")
+
+
+def describe_models(models: dict) -> str:
+    """One line naming the models behind a scorer's `describe()`, for people rather than programs."""
+    described = []
+    for part in models.get("parts", [models]):
+        if "prompts" in part:
+            described.append(f"{part['mode']} ({part['backbone']}, {part['weights']}, {part['prompts']})")
+        else:
+            source = f"{part['backbone']} features" if part["features"] == "clip" else "built-in features"
+            described.append(f"{part['mode']} ({source})")
+    return " + ".join(described)
