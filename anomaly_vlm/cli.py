@@ -148,13 +148,15 @@ def _assistant_args(parser: argparse.ArgumentParser) -> None:
                        help="text: a causal LM reading the findings; vlm: an image-text-to-text model")
     group.add_argument("--model", help="hub id, local folder or .gguf (default: the embedded SmolLM2-135M-Instruct)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    group.add_argument("--assistant-precision", choices=["auto", "fp32", "bf16"], default="auto",
+                       help="weights for answering (auto: bf16 on CUDA and on CPUs with native bf16)")
 
 
 def _assistant_options(args: argparse.Namespace, **changes):
     from .assistant.backends import AssistantOptions
 
     return AssistantOptions(backend=args.backend, model=args.model, adapter=getattr(args, "adapter", None),
-                            device=args.device, **changes)
+                            device=args.device, precision=args.assistant_precision, **changes)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

@@ -46,15 +46,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="text model (default: the embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--adapter", help="LoRA adapter folder written by `tune`")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     parser.add_argument("--tokens", type=int, default=64, help="tokens generated per answer")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     start = time.perf_counter()
-    assistant = build_assistant(AssistantOptions(backend="text", model=args.model, adapter=args.adapter, device="cpu"))
+    assistant = build_assistant(AssistantOptions(backend="text", model=args.model, adapter=args.adapter, device="cpu",
+                                                 precision=args.precision))
     load = time.perf_counter() - start
     info = assistant.describe()
-    print(f"model: {info['model']}{' + ' + info['adapter'] if 'adapter' in info else ''}; "
+    print(f"model: {info['model']}{' + ' + info['adapter'] if 'adapter' in info else ''} ({info['dtype']}); "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; load {load:.1f} s")
     measure(assistant, 8)
     runs = [measure(assistant, args.tokens) for _ in range(args.repeats)]

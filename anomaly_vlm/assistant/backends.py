@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -35,6 +36,8 @@ class AssistantOptions:
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder written by `tune`"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
     quantize: bool = field(default=False, metadata={"help": "load 4-bit through bitsandbytes (CUDA only)"})
+    precision: Literal["auto", "fp32", "bf16"] = field(
+        default="auto", metadata={"help": "weights for answering; auto: bf16 on CUDA and on CPUs with native bf16"})
 
 
 class Assistant(Protocol):
@@ -46,6 +49,26 @@ class Assistant(Protocol):
     def stream(self, messages: list[dict], images: list[Image.Image], settings: GenerationSettings) -> Iterator[str]:
         """Answer the last user message of `messages` (chat format with content parts), piece by piece."""
         ...
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 arithmetic (AVX512-BF16 or AMX): there bf16 weights halve the memory traffic of decoding."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _dtype(options: AssistantOptions, device: str, for_training: bool):
+    """Inference dtype; training keeps fp32 weights (bf16 enters through autocast) except on CUDA."""
+    import torch
+
+    if options.precision == "fp32":
+        return torch.float32
+    if device.startswith("cuda") or options.precision == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if not for_training and cpu_has_bf16() else torch.float32
 
 
 def _device(name: str) -> str:
@@ -140,14 +163,13 @@ def _quantization(options: AssistantOptions):
 
 def load_model(options: AssistantOptions, for_training: bool = False) -> tuple[Any, Any, dict]:
     """(model, tokenizer or processor, description) for `options`, adapter applied when given."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
     what = "text model" if options.backend == "text" else "vision-language model"
     resolved = resolve_model(options.model, what)
     device = _device(options.device)
     quantization = _quantization(options)
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = _dtype(options, device, for_training)
     loader, preprocessor = (AutoModelForCausalLM, AutoTokenizer) if options.backend == "text" \
         else (AutoModelForImageTextToText, AutoProcessor)
     try:
@@ -158,7 +180,7 @@ def load_model(options: AssistantOptions, for_training: bool = False) -> tuple[A
         raise AnomalyVLMError(f"{resolved.source}: cannot be loaded as a {what} ({exc})") from None
     if not quantization:
         model = model.to(device)
-    info = {"backend": options.backend, "model": resolved.source, "device": device}
+    info = {"backend": options.backend, "model": resolved.source, "device": device, "dtype": str(dtype).split(".")[-1]}
     if options.adapter:
         from .adapters import load_adapter
 
