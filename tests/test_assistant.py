@@ -9,7 +9,8 @@ from PIL import Image
 
 from anomaly_vlm.assistant.adapters import LoraSettings, add_adapter, load_adapter, target_modules
 from anomaly_vlm.assistant.backends import AssistantOptions, GenerationSettings, TextAssistant, VisionAssistant, load_model
-from anomaly_vlm.assistant.dialogue import Dialogue, contradictions, named_locations, says_anomalous
+from anomaly_vlm.assistant.dialogue import (Dialogue, answer_flags, contradictions, named_locations, repeats_itself,
+                                            says_anomalous)
 from anomaly_vlm.assistant.evaluation import evaluate_chat
 from anomaly_vlm.assistant.models import resolve_model
 from anomaly_vlm.assistant.prompting import first_turn, system_prompt, text_part, zoom_crops
@@ -176,6 +177,13 @@ def test_contradictions_are_flagged():
     assert flags == ["names the center, where the localizer has regions only at the bottom left, top right"]
     weak = Findings(0.3, 0.5, [])
     assert contradictions("No defect found.", weak) == []
+
+
+def test_looping_answers_are_flagged():
+    loop = "The part is defective, it is 24.7% of the image, it is 24.7% of the image, it is 24.7% of the image."
+    assert repeats_itself(loop) and not repeats_itself("Yes. A scratch at the top right, about 2% of the image.")
+    assert not repeats_itself("Yes. Yes. Yes.")                       # too short to count as a loop
+    assert answer_flags(loop, FINDINGS) == ["repeats itself; treat it as unreliable"]
 
 
 def test_dialogue_keeps_history_and_flags_contradictions():

@@ -1,7 +1,8 @@
 """A conversation about one inspected image: history, streaming, and checks against the findings.
 
-The checks catch the two ways an assistant misleads an inspector: calling a part good
-while the localizer holds a strong region, and pointing at a place where no region is.
+The checks catch the ways an assistant misleads an inspector: calling a part good
+while the localizer holds a strong region, pointing at a place where no region is, and
+looping on one phrase (a small model out of its depth).
 """
 
 from __future__ import annotations
@@ -57,6 +58,24 @@ def contradictions(answer: str, findings: Findings, strong: float = STRONG_PEAK)
     return flags
 
 
+def repeats_itself(answer: str, times: int = 3) -> bool:
+    """True when one clause (text between punctuation) comes back `times` times or more."""
+    clauses = [c.strip().lower() for c in re.split(r"[.,;:!?\n]+", answer)]
+    counts: dict[str, int] = {}
+    for clause in clauses:
+        if len(clause.split()) >= 3:
+            counts[clause] = counts.get(clause, 0) + 1
+    return any(n >= times for n in counts.values())
+
+
+def answer_flags(answer: str, findings: Findings) -> list[str]:
+    """Everything a reader should double-check in `answer`, in words."""
+    flags = contradictions(answer, findings)
+    if repeats_itself(answer):
+        flags.append("repeats itself; treat it as unreliable")
+    return flags
+
+
 @dataclass
 class Turn:
     question: str
@@ -98,4 +117,4 @@ class Dialogue:
             yield piece
         answer = "".join(pieces).strip()
         self.messages += [user, {"role": "assistant", "content": [text_part(answer)]}]
-        self.turns.append(Turn(question, answer, contradictions(answer, self.inspection.findings)))
+        self.turns.append(Turn(question, answer, answer_flags(answer, self.inspection.findings)))
