@@ -173,25 +173,20 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_chat(args: argparse.Namespace) -> int:
-    from .assistant.backends import GenerationSettings, build_assistant
+    from .assistant.backends import GenerationSettings, build_assistant, describe_assistant
     from .assistant.evaluation import evaluate_chat
     from .assistant.tuning import read_conversations
     from .files import write_json
 
     dataset = read_conversations(args.data)
     assistant = build_assistant(_assistant_options(args))
-    print(f"assistant: {_assistant_summary(assistant.describe())}", file=sys.stderr)
+    print(f"assistant: {describe_assistant(assistant.describe())}", file=sys.stderr)
     result = evaluate_chat(assistant, dataset, GenerationSettings(max_new_tokens=args.max_new_tokens), args.max_samples)
     out = args.out or Path(args.data) / "eval-chat.json"
     write_json(out, {"assistant": assistant.describe(), "data": str(args.data), **result.to_dict()})
     print(result.table())
     print(f"answers and metrics -> {out}")
     return 0
-
-
-def _assistant_summary(info: dict) -> str:
-    adapter = f" + adapter {info['adapter']}" if "adapter" in info else ""
-    return f"{info['backend']} backend, {info['model']}{adapter} on {info['device']}"
 
 
 def _inspector(args: argparse.Namespace):
@@ -222,6 +217,8 @@ def _print_inspection(inspection) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    from .assistant.backends import describe_assistant
+
     inspector = _inspector(args)
     references = _load_references(args.references, args.shots) if args.references else None
     inspection = inspector.inspect(args.image, references=references)
@@ -229,7 +226,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         print(notice, file=sys.stderr)
     _print_inspection(inspection)
     dialogue = inspector.dialogue(inspection)
-    print(f"assistant: {_assistant_summary(inspector.assistant.describe())}")
+    print(f"assistant: {describe_assistant(inspector.assistant.describe())}")
     questions = [args.question] if args.question else None
     while True:
         question = questions.pop(0) if questions is not None else input("\nyou> ").strip()
@@ -256,6 +253,7 @@ def _formats(text: str) -> tuple[str, ...]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .assistant.backends import describe_assistant
     from .localizer import describe_models
     from .report import ReportJob, run_report_job
 
@@ -272,7 +270,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"inspected {len(result.inspections)} images ({anomalous} anomalous, {len(result.failures)} unreadable) "
           f"with {describe_models(result.inspections[0].models) if result.inspections else 'no localizer'}")
     if result.assistant:
-        print(f"assistant: {_assistant_summary(result.assistant)}")
+        print(f"assistant: {describe_assistant(result.assistant)}")
     for fmt, path in result.written.items():
         print(f"{fmt}: {path}")
     return 1 if result.failures else 0

@@ -124,8 +124,21 @@ def _context(document: dict, options: ReportOptions) -> dict:
             "score_line": lambda item: words["score_line"].format(score=item["image_score"],
                                                                   threshold=item["threshold"]),
             "pct": lambda value: f"{100 * value:.2f}",
-            "settings_json": json.dumps({"settings": document["settings"], "assistant": document["assistant"]},
-                                        indent=2)}
+            "models": _model_lines(document, words),
+            "settings_json": json.dumps(document["settings"], indent=2)}
+
+
+def _model_lines(document: dict, words: dict) -> list[str]:
+    """Which localizer(s) and assistant made the report, and the threshold, in a few readable lines."""
+    from .assistant.backends import describe_assistant
+    from .localizer import describe_models
+
+    localizers = list(dict.fromkeys(describe_models(i["models"]) for i in document["images"] if i["models"]))
+    lines = [words["model_lines"]["localizer"].format(name) for name in localizers]
+    if document["assistant"]:
+        lines.append(words["model_lines"]["assistant"].format(describe_assistant(document["assistant"])))
+    thresholds = ", ".join(f"{t:.2f}" for t in document["summary"]["thresholds"])
+    return lines + [words["model_lines"]["threshold"].format(thresholds)] if thresholds else lines
 
 
 def _template(name: str, autoescape: bool):
@@ -220,7 +233,7 @@ def render_pdf(document: dict, figures: Figures, options: ReportOptions = Report
         pdf.ln(2)
 
     heading(context["title"], 16)
-    paragraph(f"{document['created']}  |  {context['counts']}", 9)
+    paragraph(document["created"] + (f"  |  {context['counts']}" if document["kind"] == "batch" else ""), 9)
     if document["kind"] == "batch":
         heading(words["sections"]["summary"])
         if chart is not None:
@@ -265,7 +278,9 @@ def render_pdf(document: dict, figures: Figures, options: ReportOptions = Report
             for flag in item["flags"]:
                 paragraph(f"! {flag}", 8, "I")
     heading(words["sections"]["models"], 10)
-    paragraph(context["settings_json"], 7)
+    for line in context["models"]:
+        paragraph(line, 8)
+    paragraph(words["model_lines"]["settings_elsewhere"], 7, "I")
     paragraph(context["footer"], 7, "I")
     return bytes(pdf.output())
 

@@ -191,6 +191,15 @@ def load_model(options: AssistantOptions, for_training: bool = False) -> tuple[A
     return model, processor, info
 
 
+def describe_assistant(info: dict) -> str:
+    """One line naming an assistant's `describe()`: backend, model, adapter, device and dtype."""
+    line = f"{info.get('backend', 'unnamed')} backend"
+    line += f", {info['model']}" if "model" in info else ""
+    line += f" + adapter {info['adapter']}" if "adapter" in info else ""
+    line += f" on {info['device']}" if "device" in info else ""
+    return line + (f", {info['dtype']}" if "dtype" in info else "")
+
+
 ASSISTANTS: dict[str, Callable[[Any, Any, dict], Assistant]] = {"text": TextAssistant, "vlm": VisionAssistant}
 
 
