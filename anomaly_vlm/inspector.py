@@ -23,7 +23,7 @@ from .assistant.backends import Assistant, AssistantOptions, GenerationSettings,
 from .assistant.dialogue import Dialogue, Turn
 from .errors import AnomalyVLMError
 from .files import atomic_path, write_json
-from .io import ImageLimits, collect_samples, load_image
+from .io import ImageLimits, collect_samples, load_image, load_samples
 from .localizer import AnomalyScorer, ScorerOptions, build_scorer
 from .prompts import load_yaml
 from .proposals import ProposalConfig, inspect_prediction
@@ -170,17 +170,15 @@ class Inspector:
         failures: list[dict] = []
         bar = tqdm(total=len(samples), desc="inspecting", unit="img", disable=not progress)
         for product, group in groupby(samples, key=lambda s: category or s.category):
-            pending = []
+            group = list(group)
+            todo = []
             for sample in group:
                 if out and (stored := read_inspection(out, sample)) is not None:
                     done[sample.key] = stored
-                    bar.update()
-                    continue
-                try:
-                    pending.append((sample, load_image(sample.path, self.config.limits)))
-                except AnomalyVLMError as exc:
-                    failures.append({"path": str(sample.path), "error": str(exc)})
-                    bar.update()
+                else:
+                    todo.append(sample)
+            pending = load_samples(todo, self.config.limits, failures)
+            bar.update(len(group) - len(pending))
             if not pending:
                 continue
             try:

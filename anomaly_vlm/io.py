@@ -54,6 +54,17 @@ def load_image(path: str | Path, limits: ImageLimits = ImageLimits()) -> Image.I
         raise ImageLoadError(f"{path}: corrupt or truncated image ({exc})") from None
 
 
+def load_samples(samples: list[Sample], limits: ImageLimits, failures: list[dict]) -> list[tuple[Sample, Image.Image]]:
+    """The samples that load, with their images; each one that does not goes to `failures` as {path, error}."""
+    loaded = []
+    for sample in samples:
+        try:
+            loaded.append((sample, load_image(sample.path, limits)))
+        except ImageLoadError as exc:
+            failures.append({"path": str(sample.path), "error": str(exc)})
+    return loaded
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to RGB, rescaling high-bit-depth data instead of clipping it."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):

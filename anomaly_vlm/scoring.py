@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .errors import AnomalyVLMError
 from .files import atomic_path, write_json, write_text
-from .io import ImageLimits, load_image, load_mask
+from .io import ImageLimits, load_mask, load_samples
 from .localizer import AnomalyScorer
 from .metrics import image_metrics, pixel_metrics
 from .types import Sample
@@ -57,13 +57,9 @@ def score_samples(
     map_names: set[str] = set()
     bar = tqdm(total=len(samples), desc="scoring", unit="img", disable=not progress)
     for category, group in groupby(samples, key=lambda s: s.category):
-        loaded = []
-        for sample in group:
-            try:
-                loaded.append((sample, load_image(sample.path, config.limits)))
-            except AnomalyVLMError as exc:
-                failures.append({"path": str(sample.path), "error": str(exc)})
-                bar.update()
+        group = list(group)
+        loaded = load_samples(group, config.limits, failures)
+        bar.update(len(group) - len(loaded))
         if not loaded:
             continue
         try:
