@@ -228,7 +228,7 @@ def _guarded(function):
 def build_ui(app: InspectionApp):
     import gradio as gr
 
-    with gr.Blocks(title="anomaly-vlm inspection") as demo:
+    with gr.Blocks(title="anomaly-vlm inspection", analytics_enabled=False) as demo:
         session = gr.State(lambda: Session(), delete_callback=Session.close)  # a factory: one Session per visitor
         gr.Markdown("# anomaly-vlm inspection\nUpload a part photo, inspect it, then ask what is wrong, "
                     "where and why. Without CLIP weights, add a few known-good reference images.")
@@ -258,8 +258,10 @@ def build_ui(app: InspectionApp):
             inspect_button.click(_guarded(app.inspect), [upload, references, product, threshold, session],
                                  [heatmap, findings, verdict, chatbot, session], api_name="inspect")
             ask = {"fn": _guarded(app.chat), "inputs": [question, session], "outputs": [chatbot, session]}
-            ask_button.click(**ask, api_name="ask").then(lambda: "", None, question)
-            question.submit(**ask, api_visibility="private").then(lambda: "", None, question)
+            ask_button.click(**ask, api_name="ask")
+            question.submit(**ask, api_visibility="private")
+            for trigger in (ask_button.click, question.submit):   # the question is read when the event fires,
+                trigger(lambda: "", None, question, queue=False, api_visibility="private")   # so clear it at once
             report_button.click(_guarded(app.report), [session], [report_files], api_name="report")
         with gr.Tab("Batch"):
             batch_uploads = gr.File(file_count="multiple", file_types=["image", ".zip"], type="filepath",
