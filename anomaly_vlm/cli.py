@@ -82,7 +82,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if run.metrics:
         print(format_metrics(run.metrics))
     for failure in run.failures:
-        print(f"failed: {failure['path']}: {failure['error']}", file=sys.stderr)
+        print(f"failed: {failure['error']}", file=sys.stderr)
     return 1 if run.failures else 0
 
 
@@ -265,7 +265,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     for notice in inspector.notices:
         print(notice, file=sys.stderr)
     for failure in result.failures:
-        print(f"failed: {failure['path']}: {failure['error']}", file=sys.stderr)
+        print(f"failed: {failure['error']}", file=sys.stderr)
     anomalous = sum(i.label for i in result.inspections)
     print(f"inspected {len(result.inspections)} images ({anomalous} anomalous, {len(result.failures)} unreadable) "
           f"with {describe_models(result.inspections[0].models) if result.inspections else 'no localizer'}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,9 +39,24 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def safe_stem(name: str, limit: int = 120, fallback: str = "file") -> str:
+    """A file-name stem from any text: letters, digits, `._-` only, at most `limit` characters.
+
+    Input names can be hostile (path separators, control or undecodable bytes, 300
+    characters); an output name never is. A name that had to change gets a short hash
+    of the original, so two different inputs do not collide.
+    """
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:limit]
+    if clean and clean == name:
+        return clean
+    digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{clean[: limit - 9] or fallback}-{digest}"
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """UTF-8 text; characters that cannot be encoded (undecodable file names) are written as escapes."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(text.encode("utf-8", "backslashreplace"))
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:

@@ -48,7 +48,10 @@ def load_image(path: str | Path, limits: ImageLimits = ImageLimits()) -> Image.I
                 return _to_rgb(image)
     except ImageLoadError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageLoadError(f"{path}: announces more pixels than Pillow's decompression-bomb guard allows; "
+                             f"over the limit of {limits.max_pixels}") from None
+    except UnidentifiedImageError as exc:
         raise ImageLoadError(f"{path}: not a readable image ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"{path}: corrupt or truncated image ({exc})") from None

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .files import safe_stem
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -29,7 +31,7 @@ class Sample:
         """A name that is unique within a run and safe as a file name."""
         relative = self.path.relative_to(self.root) if self.root else Path(self.path.parent.name, self.path.name)
         parts = ([self.category] if self.category else []) + list(relative.with_suffix("").parts)
-        return "__".join(p for p in parts if p not in ("", ".", ".."))
+        return safe_stem("__".join(p for p in parts if p not in ("", ".", "..")))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ report folder in a `gr.State`, so nothing is shared between users but the models
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 import zipfile
@@ -19,6 +18,7 @@ from PIL import Image
 
 from .assistant.dialogue import Turn
 from .errors import AnomalyVLMError, ImageLoadError
+from .files import safe_stem
 from .inspector import Inspector
 from .io import is_image_name, load_image
 from .localizer import describe_models
@@ -57,12 +57,6 @@ class Session:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def safe_name(name: str, fallback: str = "image") -> str:
-    """A file-name stem made of safe characters only: uploads never choose where the app writes."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(name)).stem).strip("._")
-    return stem[:80] or fallback
-
-
 def _path_of(upload) -> Path:
     """Gradio hands uploads over as paths (str) or as objects with a `.name`."""
     return Path(upload if isinstance(upload, (str, Path)) else upload.name)
@@ -89,7 +83,7 @@ class InspectionApp:
 
     def _load(self, upload) -> tuple[Image.Image, str]:
         path = _path_of(upload)
-        return load_image(path, self.inspector.config.limits), safe_name(path.name)
+        return load_image(path, self.inspector.config.limits), safe_stem(Path(path.name).stem, 80, 'image')
 
     def _references(self, uploads) -> list[Image.Image] | None:
         if not uploads:
@@ -141,7 +135,7 @@ class InspectionApp:
         entry = ReportEntry(session.inspection, explanation=last.answer if last else None,
                             flags=list(last.flags) if last else [])
         assistant = self.inspector.assistant.describe() if last else None
-        written = write_report([entry], session.folder / "report", safe_name(session.inspection.image_id),
+        written = write_report([entry], session.folder / "report", safe_stem(session.inspection.image_id, 80, 'image'),
                                ("html", "pdf"), settings=settings_of(self.inspector.config), assistant=assistant)
         return [str(written["html"]), str(written["pdf"])]
 
@@ -153,7 +147,7 @@ class InspectionApp:
         def place(name: str, data_source) -> None:
             if len(files) >= self.config.max_batch:
                 raise AnomalyVLMError(f"more than {self.config.max_batch} images in one batch")
-            stem, suffix = safe_name(name), Path(name).suffix.lower()
+            stem, suffix = safe_stem(Path(name).stem, 80, 'image'), Path(name).suffix.lower()
             target, n = folder / f"{stem}{suffix}", 1
             while target.name in taken:
                 target, n = folder / f"{stem}-{n}{suffix}", n + 1

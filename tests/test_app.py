@@ -12,7 +12,8 @@ from anomaly_vlm.errors import AnomalyVLMError
 from anomaly_vlm.inspector import Inspector, InspectorConfig
 from anomaly_vlm.io import ImageLimits
 from anomaly_vlm.localizer import ScorerOptions
-from anomaly_vlm.ui import AppConfig, InspectionApp, Session, launch, safe_name
+from anomaly_vlm.files import safe_stem
+from anomaly_vlm.ui import AppConfig, InspectionApp, Session, launch
 
 from .assistant_models import FindingsAssistant
 
@@ -50,7 +51,7 @@ def test_inspect_chat_and_report_functions(widget):
     text = Path(html).read_text()
     assert inspection.regions[0].location in text and history[1]["content"].split(" ")[0] in text
     again = app.inspect(str(widget["good"][0]), None, "widget", 0.3, session)[-1]
-    assert again.turns == [] and again.inspection.image_id == safe_name(widget["good"][0].name)
+    assert again.turns == [] and again.inspection.image_id == safe_stem(widget["good"][0].stem)
 
 
 def test_errors_and_limits_reach_the_user(widget):
