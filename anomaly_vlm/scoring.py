@@ -13,9 +13,10 @@ from itertools import groupby
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm.auto import tqdm
 
-from .errors import AnomalyVLMError
+from .errors import AnomalyVLMError, DatasetError
 from .files import atomic_path, write_json, write_text
 from .io import ImageLimits, load_mask, load_samples
 from .localizer import AnomalyScorer
@@ -70,6 +71,12 @@ def score_samples(
             continue
         size = prediction.anomaly_map.shape[1:]
         for i, (sample, image) in enumerate(loaded):
+            try:
+                mask = _mask_of(sample, image.size, size) if pixel_truth else None
+            except DatasetError as exc:
+                failures.append({"path": str(sample.path), "error": str(exc)})
+                bar.update()
+                continue
             score = float(prediction.image_score[i])
             record = {
                 "path": str(sample.path),
@@ -88,7 +95,7 @@ def score_samples(
                     overlay(image, prediction.anomaly_map[i]).save(tmp, format="PNG")
             if pixel_truth:
                 maps_for_metrics.append(prediction.anomaly_map[i])
-                masks_for_metrics.append(_mask_of(sample, size))
+                masks_for_metrics.append(mask)
             results.append(record)
             bar.update()
     bar.close()
@@ -105,10 +112,16 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _mask_of(sample: Sample, size: tuple[int, int]) -> np.ndarray:
+def _mask_of(sample: Sample, image_size: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """The sample's mask at the map's (H, W) `size`; a mask that does not match its image is refused."""
     if sample.mask_path is None:
         return np.zeros(size, dtype=bool)
-    return load_mask(sample.mask_path, (size[1], size[0]))
+    mask = load_mask(sample.mask_path)
+    if (mask.shape[1], mask.shape[0]) != tuple(image_size):
+        raise DatasetError(f"{sample.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+                           f"{sample.path.name} is {image_size[0]}x{image_size[1]}; a mask must have its "
+                           "image's size (re-export the mask, or fix the image it belongs to)")
+    return np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
 
 
 def _metrics(results: list[dict], masks: list[np.ndarray], maps: list[np.ndarray]) -> dict[str, float]:
