@@ -165,6 +165,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     config = TuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
                         max_samples=args.max_samples, seed=args.seed, precision=args.precision,
+                        save_every=args.save_every,
                         lora=LoraSettings(rank=args.rank, alpha=2 * args.rank, scope=args.scope))
     result = tune(_assistant_options(args, quantize=args.qlora), args.data, args.out, config, resume=args.resume)
     first, last = result.losses[0], sum(result.losses[-10:]) / len(result.losses[-10:])
@@ -365,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     tune.add_argument("--qlora", action="store_true", help="4-bit base model through bitsandbytes (CUDA only)")
     tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--save-every", type=int, default=50, help="steps between resumable checkpoints")
     tune.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     tune.set_defaults(func=cmd_tune)
 

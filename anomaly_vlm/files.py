@@ -53,6 +53,14 @@ def safe_stem(name: str, limit: int = 120, fallback: str = "file") -> str:
     return f"{clean[: limit - 9] or fallback}-{digest}"
 
 
+def sweep_temporaries(folder: str | os.PathLike[str]) -> int:
+    """Remove the temporary files a killed run left under `folder` (its outputs are whole or absent)."""
+    stale = [p for p in Path(folder).rglob(".*.tmp") if p.is_file()] if Path(folder).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     """UTF-8 text; characters that cannot be encoded (undecodable file names) are written as escapes."""
     with atomic_path(path) as tmp:

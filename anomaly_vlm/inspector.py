@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .assistant.backends import Assistant, AssistantOptions, GenerationSettings, build_assistant
 from .assistant.dialogue import Dialogue, Turn
 from .errors import AnomalyVLMError
-from .files import atomic_path, write_json
+from .files import atomic_path, sweep_temporaries, write_json
 from .io import ImageLimits, collect_samples, load_image, load_samples
 from .localizer import AnomalyScorer, ScorerOptions, build_scorer
 from .prompts import load_yaml
@@ -166,6 +166,8 @@ class Inspector:
         """
         samples = collect_samples(paths)
         out = Path(out) if out else None
+        if out:
+            sweep_temporaries(out)
         done: dict[str, Inspection] = {}
         failures: list[dict] = []
         bar = tqdm(total=len(samples), desc="inspecting", unit="img", disable=not progress)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
@@ -17,7 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .errors import AnomalyVLMError, DatasetError
-from .files import atomic_path, write_json, write_text
+from .files import atomic_path, sweep_temporaries, write_json, write_text
 from .io import ImageLimits, load_mask, load_samples
 from .localizer import AnomalyScorer
 from .metrics import image_metrics, pixel_metrics
@@ -41,6 +42,42 @@ class ScoreRun:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+CHUNK = 16
+"""Images scored between writes when each image's score stands alone (not in mutual mode)."""
+
+
+def _needs_whole_set(models: dict) -> bool:
+    """Mutual scoring compares the images of a set with each other: a part of the set scores differently."""
+    return any(part.get("mode") == "mutual" for part in models.get("parts", [models]))
+
+
+class _Records:
+    """Per-image results under `records/`, written as each image finishes, so a killed run resumes.
+
+    The map goes first (float16 .npy, read back without pickle) and the JSON record
+    last: a record on disk is complete. A record made by other models is not reused.
+    """
+
+    def __init__(self, folder: Path, models: dict):
+        self.folder, self.models = folder, models
+
+    def read(self, name: str, sample: Sample) -> tuple[dict, np.ndarray] | None:
+        record, array = self.folder / f"{name}.json", self.folder / f"{name}.npy"
+        try:
+            stored = json.loads(record.read_text())
+            if stored["models"] != self.models or stored["record"]["path"] != str(sample.path):
+                return None
+            return stored["record"], np.load(array, allow_pickle=False).astype(np.float32)
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def write(self, name: str, record: dict, anomaly_map: np.ndarray) -> None:
+        with atomic_path(self.folder / f"{name}.npy") as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, anomaly_map.astype(np.float16))
+        write_json(self.folder / f"{name}.json", {"models": self.models, "record": record})
+
+
 def score_samples(
     scorer: AnomalyScorer,
     samples: list[Sample],
@@ -48,60 +85,87 @@ def score_samples(
     config: ScoreConfig = ScoreConfig(),
     progress: bool = True,
 ) -> ScoreRun:
-    """Score every sample, one product category at a time (mutual scoring needs the whole set)."""
+    """Score every sample, one product category at a time (mutual scoring needs the whole set).
+
+    Each image's result is kept as it finishes; running again into the same `out`
+    reuses the finished ones (in mutual mode, a category's set only when complete).
+    """
     out = Path(out)
+    sweep_temporaries(out)
     models = scorer.describe()
-    results, failures = [], []
-    maps_for_metrics: list[np.ndarray] = []
-    masks_for_metrics: list[np.ndarray] = []
+    records = _Records(out / "records", models)
+    taken: set[str] = set()
+    names = {id(s): _unique(s.key, taken) for s in samples}
+    done: dict[int, tuple[dict, np.ndarray, np.ndarray | None]] = {}   # id(sample) -> record, map, mask
+    failures: list[dict] = []
     pixel_truth = bool(samples) and all(s.pixel_truth for s in samples)
-    map_names: set[str] = set()
     bar = tqdm(total=len(samples), desc="scoring", unit="img", disable=not progress)
+
+    def finish(sample: Sample, image_size: tuple[int, int], record: dict, anomaly_map: np.ndarray) -> None:
+        try:
+            mask = _mask_of(sample, image_size, anomaly_map.shape) if pixel_truth else None
+        except DatasetError as exc:
+            failures.append({"path": str(sample.path), "error": str(exc)})
+        else:
+            done[id(sample)] = (record, anomaly_map, mask)
+        bar.update()
+
     for category, group in groupby(samples, key=lambda s: s.category):
         group = list(group)
-        loaded = load_samples(group, config.limits, failures)
-        bar.update(len(group) - len(loaded))
-        if not loaded:
-            continue
-        try:
-            prediction = scorer.score([image for _, image in loaded], object_name=category)
-        except AnomalyVLMError as exc:
-            failures.extend({"path": str(sample.path), "error": str(exc)} for sample, _ in loaded)
-            bar.update(len(loaded))
-            continue
-        size = prediction.anomaly_map.shape[1:]
-        for i, (sample, image) in enumerate(loaded):
-            try:
-                mask = _mask_of(sample, image.size, size) if pixel_truth else None
-            except DatasetError as exc:
-                failures.append({"path": str(sample.path), "error": str(exc)})
-                bar.update()
+        stored = {id(s): records.read(names[id(s)], s) for s in group}
+        if _needs_whole_set(models) and not all(stored.values()):
+            stored = {}
+        for sample in group:
+            if stored.get(id(sample)):
+                record, anomaly_map = stored[id(sample)]
+                record.update(threshold=config.threshold,
+                              label="anomalous" if record["score"] >= config.threshold else "normal")
+                finish(sample, tuple(record["image_size"]), record, anomaly_map)
+        todo = [s for s in group if not stored.get(id(s))]
+        step = len(todo) if _needs_whole_set(models) else CHUNK
+        for start in range(0, len(todo), max(step, 1)):
+            loaded = load_samples(todo[start: start + step], config.limits, failures)
+            bar.update(len(todo[start: start + step]) - len(loaded))
+            if not loaded:
                 continue
-            score = float(prediction.image_score[i])
-            record = {
-                "path": str(sample.path),
-                "score": score,
-                "label": "anomalous" if score >= config.threshold else "normal",
-                "threshold": config.threshold,
-                **{name: float(values[i]) for name, values in prediction.scores.items()},
-                "modes": list(prediction.modes),
-                "ground_truth": sample.label,
-                "category": sample.category,
-                "defect": sample.defect,
-            }
-            if config.save_maps:
-                record["map"] = f"maps/{_unique(sample.key, map_names)}.png"
-                with atomic_path(out / record["map"]) as tmp:
-                    overlay(image, prediction.anomaly_map[i]).save(tmp, format="PNG")
-            if pixel_truth:
-                maps_for_metrics.append(prediction.anomaly_map[i])
-                masks_for_metrics.append(mask)
-            results.append(record)
-            bar.update()
+            try:
+                prediction = scorer.score([image for _, image in loaded], object_name=category)
+            except AnomalyVLMError as exc:
+                failures.extend({"path": str(sample.path), "error": str(exc)} for sample, _ in loaded)
+                bar.update(len(loaded))
+                continue
+            for i, (sample, image) in enumerate(loaded):
+                record = _record(sample, image, prediction, i, config)
+                if config.save_maps:
+                    record["map"] = f"maps/{names[id(sample)]}.png"
+                    with atomic_path(out / record["map"]) as tmp:
+                        overlay(image, prediction.anomaly_map[i]).save(tmp, format="PNG")
+                records.write(names[id(sample)], record, prediction.anomaly_map[i])
+                finish(sample, image.size, record, prediction.anomaly_map[i])
     bar.close()
-    run = ScoreRun(results, failures, _metrics(results, masks_for_metrics, maps_for_metrics))
+    finished = [done[id(s)] for s in samples if id(s) in done]
+    results = [record for record, _, _ in finished]
+    masks = [mask for _, _, mask in finished] if pixel_truth else []
+    maps = [anomaly_map for _, anomaly_map, _ in finished] if pixel_truth else []
+    run = ScoreRun(results, failures, _metrics(results, masks, maps))
     _write_outputs(out, run, models)
     return run
+
+
+def _record(sample: Sample, image, prediction, i: int, config: ScoreConfig) -> dict:
+    score = float(prediction.image_score[i])
+    return {
+        "path": str(sample.path),
+        "score": score,
+        "label": "anomalous" if score >= config.threshold else "normal",
+        "threshold": config.threshold,
+        **{name: float(values[i]) for name, values in prediction.scores.items()},
+        "modes": list(prediction.modes),
+        "ground_truth": sample.label,
+        "category": sample.category,
+        "defect": sample.defect,
+        "image_size": list(image.size),
+    }
 
 
 def _unique(name: str, taken: set[str]) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import AnomalyVLMError, DatasetError
-from ..files import atomic_path, write_json
+from ..files import atomic_path, sweep_temporaries, write_json
 from .adapters import LoraSettings, add_adapter
 from .backends import AssistantOptions, load_model
 from .prompting import as_text_messages
@@ -222,6 +222,7 @@ def tune(options: AssistantOptions, data: str | Path, out: str | Path, config: T
     model, optimizer = accelerator.prepare(model, optimizer)
 
     checkpoint = out / CHECKPOINT
+    sweep_temporaries(out)
     start, losses, skipped = 0, [], []
     if resume and (checkpoint / "state.json").is_file():
         state = json.loads((checkpoint / "state.json").read_text())

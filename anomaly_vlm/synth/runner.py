@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DatasetError
-from ..files import write_json, write_png
+from ..files import write_json, write_png, sweep_temporaries
 from ..io import NORMAL_DEFECT, is_category_root, is_image_file, load_image
 from .conversations import Phrasebook, build_conversation
 from .findings import simulate_findings
@@ -254,6 +254,7 @@ def synthesize(recipe: Recipe, out: str | Path, workers: int = 1, progress: bool
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_manifest(out, recipe)
+    sweep_temporaries(out)
     # Built here first, so a bad source or texture folder fails before any worker starts.
     synthesizer = Synthesizer(recipe)
     pending = [i for i in range(recipe.num) if read_record(out, i) is None]
