@@ -82,3 +82,19 @@ def test_twenty_sessions_at_once_each_get_their_own_answers(parts, tmp_path):
         assert not any(f"part_{j:02d}" in result["html"] for j in range(SESSIONS) if j != i)
     gc.collect()
     assert _rss_mb() - warm < 400, (baseline, warm, _rss_mb())
+
+
+def test_uploads_over_the_size_limit_are_refused(tmp_path):
+    from gradio_client import Client, handle_file
+
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (900, 900, 3), dtype=np.uint8)).save(big)
+    assert big.stat().st_size > 2**20
+    config = AppConfig(port=_free_port(), max_upload_mb=1)
+    demo = launch(app_inspector(), config, block=False)
+    try:
+        client = Client(f"http://127.0.0.1:{config.port}/", verbose=False)
+        with pytest.raises(Exception, match="(?i)(too large|exceeds|maximum)"):
+            client.predict(handle_file(str(big)), [], "", 0.5, api_name="/inspect")
+    finally:
+        demo.close()

@@ -14,6 +14,8 @@ from anomaly_vlm.cli import main
 from anomaly_vlm.errors import ImageLoadError
 from anomaly_vlm.io import ImageLimits, load_image
 
+from ..conftest import RECIPES
+
 UNDECODABLE = os.fsdecode(b"part_\xff\xfe.png")          # a name that is not valid UTF-8
 LONG = "p" * 230 + ".png"                                 # 234 bytes: fine as input, too long with a suffix added
 
@@ -109,3 +111,21 @@ def test_commands_finish_the_good_images_and_list_the_bad(hostile, tmp_path, com
     assert all(len(n.encode()) <= 255 and n.isprintable() for n in names)
     err = capsys.readouterr().err
     assert all(name in err for name in bad)
+
+
+def test_synth_uses_the_good_sources_and_reports_the_bad(hostile, tmp_path, capsys):
+    folder, good, bad = hostile
+    code = main(["synth", "--recipe", str(RECIPES / "textures.yaml"), "--source", str(folder), "--out",
+                 str(tmp_path / "synth"), "--num", "40", "--seed", "1", "--workers", "1"])
+    err = capsys.readouterr().err
+    records = list((tmp_path / "synth" / "samples").glob("*.json"))
+    assert code == 1 and 0 < len(records) < 40
+    assert any(name in err for name in bad) and not list((tmp_path / "synth").rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("name", ["text.png", "bomb.png", "empty.png"])
+def test_chat_refuses_a_bad_image_with_its_name(hostile, name, capsys):
+    folder, _, bad = hostile
+    assert main(["chat", str(folder / name), "--question", "Is it defective?", "--features", "builtin"]) == 2
+    err = capsys.readouterr().err
+    assert name in err and bad[name] in err and "Traceback" not in err
