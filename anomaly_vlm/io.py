@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,8 +54,9 @@ def load_image(path: str | Path, limits: ImageLimits = ImageLimits()) -> Image.I
                              f"over the limit of {limits.max_pixels}") from None
     except UnidentifiedImageError as exc:
         raise ImageLoadError(f"{path}: not a readable image ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(f"{path}: corrupt or truncated image ({exc})") from None
+    except (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, struct.error) as exc:
+        # damaged headers surface from Pillow's decoders as any of these
+        raise ImageLoadError(f"{path}: corrupt or truncated image ({type(exc).__name__}: {exc})") from None
 
 
 def load_samples(samples: list[Sample], limits: ImageLimits, failures: list[dict]) -> list[tuple[Sample, Image.Image]]:

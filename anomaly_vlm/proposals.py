@@ -33,16 +33,17 @@ def make_region(box: tuple[int, int, int, int], width: int, height: int, area: f
     """A region for a pixel box; the location is that of the box centre.
 
     `area` is in pixels of the width x height image; it may be fractional when it
-    was counted on a resized map.
+    was counted on a resized map. Area and mean are clamped against the rounding of
+    those rescaled sums: a region never exceeds the image, nor its mean its peak.
     """
     x0, y0, x1, y1 = box
     return Region(
         box=(int(x0), int(y0), int(x1), int(y1)),
         box_norm=(x0 / width, y0 / height, x1 / width, y1 / height),
-        area_fraction=area / (width * height),
+        area_fraction=min(1.0, area / (width * height)),
         location=grid_location((x0 + x1) / 2, (y0 + y1) / 2, width, height),
         peak_score=float(peak),
-        mean_score=float(mean),
+        mean_score=min(float(mean), float(peak)),
     )
 
 

@@ -174,7 +174,11 @@ def render_html(document: dict, figures: Figures, options: ReportOptions = Repor
 
 def render_markdown(document: dict, figures: Figures, assets: str,
                     options: ReportOptions = ReportOptions()) -> tuple[str, dict[str, bytes]]:
-    """Markdown text and the picture files it links to, under the relative folder `assets`."""
+    """Markdown text and the picture files it links to, under the relative folder `assets`.
+
+    User text is HTML-escaped here too: Markdown viewers render raw HTML, and entities
+    display as the characters they stand for.
+    """
     files, pictures = {}, {}
     encoded, chart = _encode_all(figures)
     for number, (key, (original, shown)) in enumerate(encoded.items(), 1):
@@ -185,7 +189,7 @@ def render_markdown(document: dict, figures: Figures, assets: str,
     if chart is not None:
         histogram = f"{assets}/histogram.png"
         files[histogram] = chart
-    text = _template("report.md.j2", False).render(**_context(document, options), pictures=pictures,
+    text = _template("report.md.j2", True).render(**_context(document, options), pictures=pictures,
                                                    histogram=histogram)
     return text, files
 
