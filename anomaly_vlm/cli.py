@@ -89,10 +89,14 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_train_prompts(args: argparse.Namespace) -> int:
     import torch
 
-    from .io import read_dataset
+    from .io import read_dataset, usable_samples
     from .localizer import PromptCheckpoint, TrainConfig, build_localizer, train_prompts
 
-    samples = [s for root in args.data for s in read_dataset(root, args.categories, args.split)]
+    samples, failures = usable_samples([s for root in args.data for s in read_dataset(root, args.categories, args.split)])
+    for failure in failures:
+        print(f"left out: {failure['error']}", file=sys.stderr)
+    if not samples:
+        raise AnomalyVLMError(f"no usable training images in {', '.join(args.data)}")
     torch.manual_seed(args.seed)
     localizer = build_localizer(None, "prompt", _backbone_overrides(args), _localizer_config(args))
     backbone = localizer.backbone
@@ -107,7 +111,7 @@ def cmd_train_prompts(args: argparse.Namespace) -> int:
     result = train_prompts(localizer, samples, args.out, meta, config, resume=args.resume)
     print(f"epoch losses: {', '.join(f'{x:.4f}' for x in result.epoch_losses)}")
     print(f"prompt checkpoint written to {result.checkpoint}")
-    return 0
+    return 1 if failures else 0
 
 
 def cmd_import_prompts(args: argparse.Namespace) -> int:

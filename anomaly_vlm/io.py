@@ -70,6 +70,38 @@ def load_samples(samples: list[Sample], limits: ImageLimits, failures: list[dict
     return loaded
 
 
+def check_mask(sample: Sample, image_size: tuple[int, int]) -> np.ndarray | None:
+    """The sample's mask at full size, refused when its size differs from its image's; None without one."""
+    if sample.mask_path is None:
+        return None
+    mask = load_mask(sample.mask_path)
+    if (mask.shape[1], mask.shape[0]) != tuple(image_size):
+        raise DatasetError(f"{sample.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+                           f"{sample.path.name} is {image_size[0]}x{image_size[1]}; a mask must have its "
+                           "image's size (re-export the mask, or fix the image it belongs to)")
+    return mask
+
+
+def usable_samples(samples: list[Sample], limits: ImageLimits = ImageLimits(),
+                   progress: bool = True) -> tuple[list[Sample], list[dict]]:
+    """The samples whose image (and mask) read correctly, and {path, error} for the others.
+
+    Training reads its images many times in a shuffled order; one bad file found in
+    epoch 3 must not end the run, so every file is read once up front.
+    """
+    from tqdm.auto import tqdm
+
+    usable, failures = [], []
+    for sample in tqdm(samples, desc="checking images", unit="img", disable=not progress, leave=False):
+        try:
+            check_mask(sample, load_image(sample.path, limits).size)
+        except (ImageLoadError, DatasetError) as exc:
+            failures.append({"path": str(sample.path), "error": str(exc)})
+        else:
+            usable.append(sample)
+    return usable, failures
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to RGB, rescaling high-bit-depth data instead of clipping it."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):

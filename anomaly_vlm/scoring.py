@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .errors import AnomalyVLMError, DatasetError
 from .files import atomic_path, sweep_temporaries, write_json, write_text
-from .io import ImageLimits, load_mask, load_samples
+from .io import ImageLimits, check_mask, load_samples
 from .localizer import AnomalyScorer
 from .metrics import image_metrics, pixel_metrics
 from .types import Sample
@@ -178,13 +178,9 @@ def _unique(name: str, taken: set[str]) -> str:
 
 def _mask_of(sample: Sample, image_size: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
     """The sample's mask at the map's (H, W) `size`; a mask that does not match its image is refused."""
-    if sample.mask_path is None:
+    mask = check_mask(sample, image_size)
+    if mask is None:
         return np.zeros(size, dtype=bool)
-    mask = load_mask(sample.mask_path)
-    if (mask.shape[1], mask.shape[0]) != tuple(image_size):
-        raise DatasetError(f"{sample.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-                           f"{sample.path.name} is {image_size[0]}x{image_size[1]}; a mask must have its "
-                           "image's size (re-export the mask, or fix the image it belongs to)")
     return np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
 
 

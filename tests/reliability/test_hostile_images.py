@@ -15,6 +15,7 @@ from anomaly_vlm.errors import ImageLoadError
 from anomaly_vlm.io import ImageLimits, load_image
 
 from ..conftest import RECIPES
+from ..synthetic import make_category
 
 UNDECODABLE = os.fsdecode(b"part_\xff\xfe.png")          # a name that is not valid UTF-8
 LONG = "p" * 230 + ".png"                                 # 234 bytes: fine as input, too long with a suffix added
@@ -129,3 +130,17 @@ def test_chat_refuses_a_bad_image_with_its_name(hostile, name, capsys):
     assert main(["chat", str(folder / name), "--question", "Is it defective?", "--features", "builtin"]) == 2
     err = capsys.readouterr().err
     assert name in err and bad[name] in err and "Traceback" not in err
+
+
+def test_train_prompts_leaves_out_bad_images_and_masks_and_trains_on_the_rest(tmp_path, capsys):
+    category = make_category(tmp_path, "widget", size=64)
+    (category / "test" / "stain" / "900.png").write_bytes(b"garbage")
+    (category / "ground_truth" / "stain" / "900_mask.png").write_bytes(
+        (category / "ground_truth" / "stain" / "000_mask.png").read_bytes())
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(category / "ground_truth" / "stain" / "001_mask.png")
+    code = main(["train-prompts", "--data", str(category), "--out", str(tmp_path / "prompts"), "--backbone",
+                 "anomaly-vlm-tiny", "--weights", "none", "--image-size", "64", "--epochs", "1", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 1 and (tmp_path / "prompts" / "prompts.safetensors").is_file()
+    assert "900.png: not a readable image" in err and "001_mask.png: mask is 16x16" in err
+    assert "training prompts on 11 images" in err
