@@ -49,8 +49,6 @@ class Session:
     folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="anomaly-vlm-session-")))
     inspection: Inspection | None = None
     turns: list[Turn] = field(default_factory=list)
-    batch: list[Inspection] = field(default_factory=list)
-    batch_failures: list[dict] = field(default_factory=list)
 
     def close(self) -> None:
         """Remove the session's files (Gradio calls this when the browser session ends)."""
@@ -181,7 +179,6 @@ class InspectionApp:
         run = self.inspector.inspect_batch([str(f) for f in files], references=self._references(references),
                                            category=product.strip() or None, threshold=float(threshold),
                                            progress=False)
-        session.batch, session.batch_failures = run.inspections, run.failures
         ranked = sorted(run.inspections, key=lambda i: -i.image_score)
         rows = [[n, i.image_id, round(i.image_score, 4), "FAIL" if i.label else "PASS", len(i.regions),
                  i.regions[0].location if i.regions else "-"] for n, i in enumerate(ranked, 1)]
