@@ -80,32 +80,42 @@ def report_document(entries: list[ReportEntry], failures: list[dict] = (), setti
 
 @dataclass
 class Figures:
-    """Pictures of a report: per detailed image its original and annotated overlay; the batch histogram."""
+    """A report's pictures, encoded once for every format.
 
-    pictures: dict[str, tuple[Image.Image, Image.Image]]
-    histogram: Image.Image | None
+    Per detailed image: the original and the annotated overlay as JPEG (a tenth of the
+    PNG size, embedded as is in the PDF) and the image's (width, height); the batch
+    histogram as PNG.
+    """
+
+    pictures: dict[str, tuple[bytes, bytes]]
+    sizes: dict[str, tuple[int, int]]
+    histogram: bytes | None
 
 
-def _fit(image: Image.Image, side: int) -> Image.Image:
+def _encoded(image: Image.Image, fmt: str, side: int | None = None) -> bytes:
     image = image.convert("RGB")
-    image.thumbnail((side, side))
-    return image
+    if side:
+        image.thumbnail((side, side))
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **({"quality": 88} if fmt == "JPEG" else {"optimize": True}))
+    return buffer.getvalue()
 
 
 def make_figures(entries: list[ReportEntry], document: dict, options: ReportOptions) -> Figures:
     by_id = {e.inspection.image_id: e.inspection for e in entries}
-    pictures = {}
+    pictures, sizes = {}, {}
     for item in document["images"][: _detail_count(document, options)]:
         inspection = by_id[item["image_id"]]
         if inspection.image is None:
             continue
         shown = annotate(inspection.image, inspection.anomaly_map, inspection.regions)
-        pictures[item["image_id"]] = (_fit(inspection.image, options.image_side), _fit(shown, options.image_side))
+        pictures[item["image_id"]] = tuple(_encoded(p, "JPEG", options.image_side) for p in (inspection.image, shown))
+        sizes[item["image_id"]] = inspection.image.size
     histogram = None
     if document["kind"] == "batch" and document["images"]:
         thresholds = document["summary"]["thresholds"]
-        histogram = score_histogram([i["image_score"] for i in document["images"]], thresholds[0])
-    return Figures(pictures, histogram)
+        histogram = _encoded(score_histogram([i["image_score"] for i in document["images"]], thresholds[0]), "PNG")
+    return Figures(pictures, sizes, histogram)
 
 
 def _detail_count(document: dict, options: ReportOptions) -> int:
@@ -148,26 +158,13 @@ def _template(name: str, autoescape: bool):
     return environment.from_string((prompts_dir() / name).read_text(encoding="utf-8"))
 
 
-def _encoded(image: Image.Image, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **({"quality": 88} if fmt == "JPEG" else {"optimize": True}))
-    return buffer.getvalue()
-
-
-def _encode_all(figures: Figures) -> tuple[dict[str, tuple[bytes, bytes]], bytes | None]:
-    """Photos as JPEG (a tenth of the PNG size, kept as is inside the PDF), the chart as PNG."""
-    pictures = {key: tuple(_encoded(p, "JPEG") for p in pair) for key, pair in figures.pictures.items()}
-    return pictures, _encoded(figures.histogram, "PNG") if figures.histogram is not None else None
-
-
 def render_html(document: dict, figures: Figures, options: ReportOptions = ReportOptions()) -> str:
     """A self-contained page: every picture embedded as a data URI."""
     def uri(data: bytes, kind: str) -> str:
         return f"data:image/{kind};base64," + base64.b64encode(data).decode("ascii")
 
-    encoded, chart = _encode_all(figures)
-    pictures = {k: tuple(uri(p, "jpeg") for p in pair) for k, pair in encoded.items()}
-    histogram = uri(chart, "png") if chart is not None else None
+    pictures = {k: tuple(uri(p, "jpeg") for p in pair) for k, pair in figures.pictures.items()}
+    histogram = uri(figures.histogram, "png") if figures.histogram is not None else None
     return _template("report.html.j2", True).render(**_context(document, options), pictures=pictures,
                                                     histogram=histogram)
 
@@ -180,15 +177,14 @@ def render_markdown(document: dict, figures: Figures, assets: str,
     display as the characters they stand for.
     """
     files, pictures = {}, {}
-    encoded, chart = _encode_all(figures)
-    for number, (key, (original, shown)) in enumerate(encoded.items(), 1):
+    for number, (key, (original, shown)) in enumerate(figures.pictures.items(), 1):
         names = (f"{assets}/{number:03d}_original.jpg", f"{assets}/{number:03d}_overlay.jpg")
         files.update({names[0]: original, names[1]: shown})
         pictures[key] = names
     histogram = None
-    if chart is not None:
+    if figures.histogram is not None:
         histogram = f"{assets}/histogram.png"
-        files[histogram] = chart
+        files[histogram] = figures.histogram
     text = _template("report.md.j2", True).render(**_context(document, options), pictures=pictures,
                                                    histogram=histogram)
     return text, files
@@ -207,7 +203,6 @@ def render_pdf(document: dict, figures: Figures, options: ReportOptions = Report
 
     context = _context(document, options)
     words = context["w"]
-    encoded, chart = _encode_all(figures)
     pdf = FPDF(format="A4")
     pdf.set_auto_page_break(True, margin=15)
     pdf.set_title(_latin1(context["title"]))
@@ -240,8 +235,8 @@ def render_pdf(document: dict, figures: Figures, options: ReportOptions = Report
     paragraph(document["created"] + (f"  |  {context['counts']}" if document["kind"] == "batch" else ""), 9)
     if document["kind"] == "batch":
         heading(words["sections"]["summary"])
-        if chart is not None:
-            pdf.image(io.BytesIO(chart), w=min(width, 150))
+        if figures.histogram is not None:
+            pdf.image(io.BytesIO(figures.histogram), w=min(width, 150))
         columns = words["batch_columns"]
         rows = [[str(n), item["image_id"], f"{item['image_score']:.3f}", words["verdict"][item["verdict"]],
                  str(len(item["regions"])), item["regions"][0]["location"] if item["regions"] else "-"]
@@ -260,12 +255,12 @@ def render_pdf(document: dict, figures: Figures, options: ReportOptions = Report
         paragraph(context["score_line"](item), 9)
         if item["image_id"] in figures.pictures:
             top, half = pdf.get_y(), (width - 4) / 2
-            original = figures.pictures[item["image_id"]][0]
-            height = half * original.height / original.width
+            image_width, image_height = figures.sizes[item["image_id"]]
+            height = half * image_height / image_width
             if top + height > pdf.h - 20:
                 pdf.add_page()
                 top = pdf.get_y()
-            for column, data in enumerate(encoded[item["image_id"]]):
+            for column, data in enumerate(figures.pictures[item["image_id"]]):
                 pdf.image(io.BytesIO(data), x=pdf.l_margin + column * (half + 4), y=top, w=half)
             pdf.set_y(top + height + 2)
         columns = words["columns"]
