@@ -10,38 +10,6 @@ from pathlib import Path
 from .errors import AnomalyVLMError
 
 
-def _backbone_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("backbone")
-    group.add_argument("--backbone", help="open_clip architecture (default ViT-L-14-336), hf-hub:ORG/REPO or local-dir:PATH")
-    group.add_argument("--weights", help="pretrained tag (default openai), checkpoint file or folder, or 'none' for random weights")
-    group.add_argument("--image-size", type=int, help="input side in pixels (default 518)")
-    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
-    group.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    group.add_argument("--layers", type=lambda s: tuple(int(x) for x in s.split(",")), help="1-based tapped blocks, e.g. 6,12,18,24")
-
-
-def _backbone_overrides(args: argparse.Namespace) -> dict:
-    return {"name": args.backbone, "weights": args.weights, "image_size": args.image_size,
-            "device": args.device, "precision": args.precision}
-
-
-def _localizer_config(args: argparse.Namespace, compat: bool = False):
-    from .localizer import LocalizerConfig
-
-    return LocalizerConfig(layers=args.layers, compat=compat) if args.layers else None
-
-
-def _fusion_weights(text: str) -> dict[str, float]:
-    weights = {}
-    for item in text.split(","):
-        mode, _, value = item.partition("=")
-        try:
-            weights[mode.strip()] = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected MODE=WEIGHT pairs like prompt=1,mutual=0.5, got {item!r}") from None
-    return weights
-
-
 def _load_references(paths: list[str], shots: int | None) -> list:
     from .errors import DatasetError
     from .io import collect_samples, load_image
@@ -57,33 +25,58 @@ def _load_references(paths: list[str], shots: int | None) -> list:
     return images
 
 
-def cmd_score(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+def _inputs(args: argparse.Namespace) -> tuple[list | None, str | None]:
+    """The references (loaded) and product name of an inspecting command."""
+    from .cli_options import input_options
 
+    inputs = input_options(args)
+    if inputs.references and inputs.product:
+        raise AnomalyVLMError("give --references or --product, not both (a product holds its own references)")
+    return (_load_references(inputs.references, inputs.shots) if inputs.references else None), inputs.product
+
+
+def _print_notices(notices: list[str]) -> None:
+    for notice in notices:
+        print(notice, file=sys.stderr)
+
+
+def _print_failures(failures: list[dict]) -> None:
+    for failure in failures:
+        print(f"failed ({failure.get('kind', 'unreadable')}): {failure['error']}", file=sys.stderr)
+
+
+def _counts_line(batch) -> str:
+    from .verdicts import count_verdicts
+
+    counts = count_verdicts([i.verdict for i in batch.inspections])
+    kinds = [f.get("kind") for f in batch.failures]
+    return (f"{len(batch.inspections)} inspected: {counts['fail']} FAIL, {counts['review']} REVIEW, "
+            f"{counts['pass']} PASS; {kinds.count('unreadable')} unreadable, {kinds.count('unscored')} could not "
+            f"be scored ({batch.reused} reused from earlier runs, {len(batch.scored) - batch.reused} scored now)")
+
+
+def cmd_score(args: argparse.Namespace) -> int:
     from .io import collect_samples
-    from .localizer import DEFAULT_WEIGHTS, FusionConfig, ScorerOptions, build_scorer, describe_models
-    from .scoring import ScoreConfig, format_metrics, score_samples
+    from .localizer import describe_models
+    from .scoring import format_metrics, write_score_outputs
+    from .verdicts import describe_thresholds
 
     samples = collect_samples(args.paths)
-    references = _load_references(args.references, args.shots) if args.references else None
-    options = ScorerOptions(
-        mode=args.mode, features=args.features, prompts=args.prompts, backbone=_backbone_overrides(args),
-        localizer=_localizer_config(args), image_score=args.image_score,
-        batch_size=args.batch_size, fusion=FusionConfig({**DEFAULT_WEIGHTS, **(args.fusion_weights or {})}),
-    )
-    built = build_scorer(options, references)
-    for notice in built.notices:
-        print(notice, file=sys.stderr)
-    models = built.scorer.describe()
-    print(f"scoring {len(samples)} images, mode {models['mode']}: {describe_models(models)}", file=sys.stderr)
-    config = replace(ScoreConfig(), threshold=args.threshold, save_maps=not args.no_maps)
-    run = score_samples(built.scorer, samples, args.out, config)
-    print(f"scored {len(run.results)} images -> {args.out}/scores.csv, results.json" + (", maps/" if config.save_maps else ""))
-    if run.metrics:
-        print(format_metrics(run.metrics))
-    for failure in run.failures:
-        print(f"failed: {failure['error']}", file=sys.stderr)
-    return 1 if run.failures else 0
+    references, product = _inputs(args)
+    inspector = _inspector(args, progress=True)
+    print(f"scoring {len(samples)} images", file=sys.stderr)
+    batch = inspector.inspect_samples(samples, args.out, references, product=product)
+    _print_notices(inspector.notices)
+    outputs = write_score_outputs(batch, args.out, save_maps=not args.no_maps)
+    print(_counts_line(batch))
+    if batch.scored:
+        print(f"localizer: {describe_models(batch.scored[0].record.models)}")
+    print(f"thresholds: {describe_thresholds(batch.thresholds.to_dict())}")
+    print(f"-> {args.out}/scores.csv, results.json" + ("" if args.no_maps else ", maps/"))
+    if outputs.metrics:
+        print(format_metrics(outputs.metrics))
+    _print_failures(outputs.failures)
+    return 1 if outputs.failures else 0
 
 
 def cmd_train_prompts(args: argparse.Namespace) -> int:
@@ -98,10 +91,16 @@ def cmd_train_prompts(args: argparse.Namespace) -> int:
     if not samples:
         raise AnomalyVLMError(f"no usable training images in {', '.join(args.data)}")
     torch.manual_seed(args.seed)
-    localizer = build_localizer(None, "prompt", _backbone_overrides(args), _localizer_config(args))
+    from .cli_options import given
+    from .clip import BackboneConfig
+    from .localizer import LocalizerConfig
+
+    layers = given(args, LocalizerConfig).get("layers")
+    localizer = build_localizer(None, "prompt", given(args, BackboneConfig), LocalizerConfig(layers=layers) if layers else None)
     backbone = localizer.backbone
     meta = PromptCheckpoint(
-        backbone=backbone.name, weights=args.weights or "openai", image_size=backbone.image_size,
+        backbone=backbone.name, weights=BackboneConfig(**given(args, BackboneConfig)).weights,
+        image_size=backbone.image_size,
         text_width=backbone.text_width, prompt=localizer.text.config, localizer=localizer.config,
         source=f"trained on {', '.join(args.data)}",
     )
@@ -146,23 +145,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 1 if result.failures else 0
 
 
-def _assistant_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("assistant")
-    group.add_argument("--backend", choices=["text", "vlm"], default="text",
-                       help="text: a causal LM reading the findings; vlm: an image-text-to-text model")
-    group.add_argument("--model", help="hub id, local folder or .gguf (default: the embedded SmolLM2-135M-Instruct)")
-    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    group.add_argument("--assistant-precision", choices=["auto", "fp32", "bf16"], default="auto",
-                       help="weights for answering (auto: bf16 on CUDA and on CPUs with native bf16)")
-
-
-def _assistant_options(args: argparse.Namespace, **changes):
-    from .assistant.backends import AssistantOptions
-
-    return AssistantOptions(backend=args.backend, model=args.model, adapter=getattr(args, "adapter", None),
-                            device=args.device, precision=args.assistant_precision, **changes)
-
-
 def cmd_tune(args: argparse.Namespace) -> int:
     from .assistant.adapters import LoraSettings
     from .assistant.tuning import TuneConfig, tune
@@ -171,7 +153,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
                         max_samples=args.max_samples, seed=args.seed, precision=args.precision,
                         save_every=args.save_every,
                         lora=LoraSettings(rank=args.rank, alpha=2 * args.rank, scope=args.scope))
-    result = tune(_assistant_options(args, quantize=args.qlora), args.data, args.out, config, resume=args.resume)
+    from .assistant.backends import AssistantOptions
+    from .cli_options import configured
+
+    options = configured(args, AssistantOptions, quantize=args.qlora)
+    result = tune(options, args.data, args.out, config, resume=args.resume)
     first, last = result.losses[0], sum(result.losses[-10:]) / len(result.losses[-10:])
     print(f"{result.steps} steps, loss {first:.3f} -> {last:.3f} (mean of the last 10); adapter -> {result.out}")
     return 0
@@ -183,10 +169,13 @@ def cmd_eval_chat(args: argparse.Namespace) -> int:
     from .assistant.tuning import read_conversations
     from .files import write_json
 
+    from .assistant.backends import AssistantOptions
+    from .cli_options import configured
+
     dataset = read_conversations(args.data)
-    assistant = build_assistant(_assistant_options(args))
+    assistant = build_assistant(configured(args, AssistantOptions))
     print(f"assistant: {describe_assistant(assistant.describe())}", file=sys.stderr)
-    result = evaluate_chat(assistant, dataset, GenerationSettings(max_new_tokens=args.max_new_tokens), args.max_samples)
+    result = evaluate_chat(assistant, dataset, configured(args, GenerationSettings), args.max_samples)
     out = args.out or Path(args.data) / "eval-chat.json"
     write_json(out, {"assistant": assistant.describe(), "data": str(args.data), **result.to_dict()})
     print(result.table())
@@ -194,17 +183,15 @@ def cmd_eval_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inspector(args: argparse.Namespace):
-    """The Inspector the chat, report and app commands share, from their common options."""
+def _inspector(args: argparse.Namespace, progress: bool = False):
+    """The Inspector every inspecting command shares, from the options generated from its configs."""
     from dataclasses import replace
 
-    from .assistant.backends import GenerationSettings
+    from .cli_options import assistant_options, generation_settings, scorer_options, verdict_config
     from .inspector import Inspector, InspectorConfig
-    from .localizer import ScorerOptions
 
-    config = InspectorConfig(scorer=ScorerOptions(prompts=args.prompts, features=args.features, progress=False),
-                             threshold=args.threshold, assistant=_assistant_options(args),
-                             generation=GenerationSettings(max_new_tokens=args.max_new_tokens))
+    config = InspectorConfig(scorer=scorer_options(args, progress), verdicts=verdict_config(args),
+                             assistant=assistant_options(args), generation=generation_settings(args))
     if getattr(args, "max_pixels", None):
         config = replace(config, limits=replace(config.limits, max_pixels=args.max_pixels))
     return Inspector(config)
@@ -212,9 +199,12 @@ def _inspector(args: argparse.Namespace):
 
 def _print_inspection(inspection) -> None:
     from .localizer import describe_models
+    from .vocabulary import VERDICT_MEANINGS, VERDICT_WORDS
 
-    print(f"verdict: {'ANOMALOUS' if inspection.label else 'normal'} "
-          f"(score {inspection.image_score:.2f}, threshold {inspection.threshold:.2f})")
+    review = f", REVIEW from {inspection.review_threshold:.2f}" if inspection.review_threshold is not None else ""
+    print(f"verdict: {VERDICT_WORDS[inspection.verdict]}: {VERDICT_MEANINGS[inspection.verdict]} "
+          f"(score {inspection.image_score:.2f}; FAIL at {inspection.threshold:.2f}{review}, "
+          f"{inspection.threshold_source} thresholds)")
     for i, region in enumerate(inspection.regions, 1):
         print(f"  region {i}: {region.location}, box {list(region.box)}, {100 * region.area_fraction:.1f}% "
               f"of the image, peak {region.peak_score:.2f}")
@@ -225,10 +215,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from .assistant.backends import describe_assistant
 
     inspector = _inspector(args)
-    references = _load_references(args.references, args.shots) if args.references else None
-    inspection = inspector.inspect(args.image, references=references)
-    for notice in inspector.notices:
-        print(notice, file=sys.stderr)
+    references, product = _inputs(args)
+    inspection = inspector.inspect(args.image, references=references, product=product)
+    _print_notices(inspector.notices)
     _print_inspection(inspection)
     dialogue = inspector.dialogue(inspection)
     print(f"assistant: {describe_assistant(inspector.assistant.describe())}")
@@ -261,66 +250,108 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .assistant.backends import describe_assistant
     from .localizer import describe_models
     from .report import ReportJob, run_report_job
+    from .verdicts import describe_thresholds
 
     inspector = _inspector(args)
-    references = _load_references(args.references, args.shots) if args.references else None
+    references, product = _inputs(args)
     job = ReportJob(paths=args.paths, out=args.out, formats=args.format, explain=args.explain,
                     per_image=args.per_image, details=args.details)
-    result = run_report_job(inspector, job, references)
-    for notice in inspector.notices:
-        print(notice, file=sys.stderr)
-    for failure in result.failures:
-        print(f"failed: {failure['error']}", file=sys.stderr)
-    anomalous = sum(i.label for i in result.inspections)
-    print(f"inspected {len(result.inspections)} images ({anomalous} anomalous, {len(result.failures)} unreadable) "
-          f"with {describe_models(result.inspections[0].models) if result.inspections else 'no localizer'}")
+    result = run_report_job(inspector, job, references, product=product)
+    batch = result.batch
+    _print_notices(inspector.notices)
+    _print_failures(batch.failures)
+    print(_counts_line(batch))
+    if batch.scored:
+        print(f"localizer: {describe_models(batch.scored[0].record.models)}")
+    print(f"thresholds: {describe_thresholds(batch.thresholds.to_dict())}")
     if result.assistant:
         print(f"assistant: {describe_assistant(result.assistant)}")
     for fmt, path in result.written.items():
         print(f"{fmt}: {path}")
-    return 1 if result.failures else 0
+    return 1 if batch.failures else 0
 
 
 def cmd_app(args: argparse.Namespace) -> int:
     from .ui import AppConfig, launch
 
-    launch(_inspector(args), AppConfig(host=args.host, port=args.port, concurrency=args.concurrency,
-                                       max_upload_mb=args.max_upload_mb, share=False))
+    flags = {"host": args.host, "port": args.port, "concurrency": args.concurrency, "max_upload_mb": args.max_upload_mb}
+    launch(_inspector(args), AppConfig(**{k: v for k, v in flags.items() if v is not None}))
     return 0
 
 
-def _inspection_args(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
-    parser.add_argument("--adapter", help="LoRA adapter folder written by `tune`")
-    parser.add_argument("--prompts", help="prompt checkpoint folder for the CLIP localizer")
-    parser.add_argument("--features", choices=["auto", "builtin", "clip"], default="auto")
-    parser.add_argument("--threshold", type=float, default=0.5, help="image score and region threshold")
-    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    _assistant_args(parser)
+def cmd_product_add(args: argparse.Namespace) -> int:
+    from .cli_options import scorer_options, verdict_config
+    from .products import ProductStore, create_product
+    from .verdicts import describe_thresholds
+
+    notes = args.notes.read_text(encoding="utf-8").strip() if args.notes else None
+    check = create_product(ProductStore(), args.name, args.good, args.defective, notes, scorer_options(args, False),
+                           verdict_config(args), args.replace)
+    _print_notices(check.notices)
+    _print_failures(check.failures)
+    profile = check.profile
+    print(f"product {profile.name}: {profile.counts['good']} good, {profile.counts['defective']} defective images "
+          f"-> {profile.folder}")
+    for feature, counts in check.verdicts.items():
+        print(f"  {feature} features: {describe_thresholds(profile.thresholds[feature])}")
+        for kind, verdicts in counts.items():
+            what = "good images (held out)" if kind == "good" else "known defective images"
+            print(f"    {what}: " + ", ".join(f"{v} {k.upper()}" for k, v in verdicts.items()))
+    return 1 if check.failures else 0
+
+
+def cmd_product_list(args: argparse.Namespace) -> int:
+    from .products import ProductStore
+
+    store = ProductStore()
+    profiles = store.list()
+    if not profiles:
+        print(f"no products in {store.root}; add one with `anomaly-vlm product add NAME --good DIR`")
+    for profile in profiles:
+        print(f"{profile.name}\t{profile.counts['good']} good\t{', '.join(profile.features)} features\t"
+              f"{profile.created}")
+    return 0
+
+
+def cmd_product_show(args: argparse.Namespace) -> int:
+    import json
+
+    from .products import ProductStore
+
+    print(json.dumps(ProductStore().load(args.name).to_dict(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_product_remove(args: argparse.Namespace) -> int:
+    from .products import ProductStore
+
+    ProductStore().remove(args.name)
+    print(f"removed product {args.name}")
+    return 0
+
+
+def _inspecting(parser: argparse.ArgumentParser, max_new_tokens: int | None = None, assistant: bool = True) -> None:
+    """The localizer options every inspecting command takes, and the assistant's where one answers."""
+    from .cli_options import ASSISTANT, LOCALIZER, add_options
+
+    add_options(parser.add_argument_group("localizer"), LOCALIZER)
+    if assistant:
+        add_options(parser.add_argument_group("assistant"), ASSISTANT,
+                    **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}))
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli_options import ASSISTANT, BACKBONE, LANGUAGE_MODEL, LOCALIZER, InputOptions, add_options
+    from .products import NAME_RULE
+
     parser = argparse.ArgumentParser(prog="anomaly-vlm", description="Industrial anomaly inspection with CLIP and LLMs.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    score = commands.add_parser("score", help="zero-shot anomaly scores, heatmaps and metrics for images")
+    score = commands.add_parser("score", help="zero-shot anomaly scores, verdicts, heatmaps and metrics for images")
     score.add_argument("paths", nargs="+", help="images, folders, or MVTec/VisA category or dataset roots")
-    score.add_argument("--out", required=True, type=Path, help="output folder")
-    score.add_argument("--prompts", help="prompt checkpoint folder (train-prompts or import-prompts)")
-    score.add_argument("--mode", choices=["prompt", "ensemble", "mutual", "reference", "fused"],
-                       help="prompt: learned prompts (needs --prompts); ensemble: hand-crafted prompts; mutual: the images "
-                            "score each other (zero-shot, no weights needed); reference: distance to --references; "
-                            "fused: all that apply. Default: prompts (+ references), or without CLIP weights "
-                            "reference/mutual on built-in features")
-    score.add_argument("--references", nargs="+", help="known-good images or folders for reference (few-shot) scoring")
-    score.add_argument("--shots", type=int, help="use only the first N reference images (in name order)")
-    score.add_argument("--features", choices=["auto", "builtin", "clip"], default="auto",
-                       help="patch features for mutual/reference: clip (when its weights load) or builtin (no download)")
-    score.add_argument("--fusion-weights", type=_fusion_weights, help="e.g. prompt=1,ensemble=0.5,mutual=1,reference=1")
-    score.add_argument("--image-score", choices=["global", "max", "blend"], help="image score: CLS feature, map maximum, or their mean")
-    score.add_argument("--threshold", type=float, default=0.5, help="image score threshold for the label (default 0.5)")
-    score.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    score.add_argument("--out", required=True, type=Path, help="output folder; a re-run reuses its records")
     score.add_argument("--no-maps", action="store_true", help="skip heatmap overlays")
-    _backbone_args(score)
+    _inspecting(score, assistant=False)
     score.set_defaults(func=cmd_score)
 
     train = commands.add_parser("train-prompts", help="learn object-agnostic prompts on an auxiliary dataset")
@@ -333,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=111)
     train.add_argument("--resume", action="store_true", help="continue from the training state in --out")
-    _backbone_args(train)
+    add_options(train.add_argument_group("backbone"), BACKBONE)
     train.set_defaults(func=cmd_train_prompts)
 
     imp = commands.add_parser("import-prompts", help="convert an AnomalyCLIP prompt checkpoint (.pth)")
@@ -358,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune = commands.add_parser("tune", help="LoRA-tune the assistant on synthesized conversations")
     tune.add_argument("--data", required=True, type=Path, help="a `synth --out` folder")
     tune.add_argument("--out", required=True, type=Path, help="adapter folder")
-    _assistant_args(tune)
+    add_options(tune.add_argument_group("assistant"), LANGUAGE_MODEL)
     tune.add_argument("--epochs", type=int, default=1)
     tune.add_argument("--batch-size", type=int, default=4)
     tune.add_argument("--lr", type=float, default=2e-4)
@@ -376,19 +407,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval-chat", help="score the assistant's answers on synthesized conversations")
     evaluate.add_argument("--data", required=True, type=Path, help="a held-out `synth --out` folder")
-    evaluate.add_argument("--adapter", help="LoRA adapter folder written by `tune`")
     evaluate.add_argument("--max-samples", type=int, help="evaluate only the first N conversations")
-    evaluate.add_argument("--max-new-tokens", type=int, default=64)
     evaluate.add_argument("--out", type=Path, help="JSON output (default DATA/eval-chat.json)")
-    _assistant_args(evaluate)
+    add_options(evaluate.add_argument_group("assistant"), LANGUAGE_MODEL + ASSISTANT[2:3] + ASSISTANT[-1:],
+                max_new_tokens=64)
     evaluate.set_defaults(func=cmd_eval_chat)
 
     chat = commands.add_parser("chat", help="inspect an image and talk about it")
     chat.add_argument("image", type=Path)
     chat.add_argument("--question", help="ask this and exit (default: interactive)")
-    chat.add_argument("--references", nargs="+", help="known-good images or folders (reference scoring)")
-    chat.add_argument("--shots", type=int, help="use only the first N references")
-    _inspection_args(chat, 256)
+    _inspecting(chat)
     chat.set_defaults(func=cmd_chat)
 
     report = commands.add_parser("report", help="inspect images and write defect reports (html, md, json, pdf)")
@@ -396,25 +424,44 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", required=True, type=Path, help="output folder; an interrupted run resumes here")
     report.add_argument("--format", type=_formats, default=("html", "md", "json", "pdf"),
                         help="comma list of html, md, json, pdf (default all)")
-    report.add_argument("--references", nargs="+", help="known-good images or folders (reference scoring)")
-    report.add_argument("--shots", type=int, help="use only the first N references")
     report.add_argument("--explain", type=int, default=3,
-                        help="the assistant explains the N worst failing images (0: no assistant; default 3)")
+                        help="the assistant explains the N worst FAIL, then REVIEW, images (0: no assistant; default 3)")
     report.add_argument("--per-image", choices=["none", "anomalous", "all"], default="anomalous",
-                        help="also write one report per image, in images/ (default: the anomalous ones)")
+                        help="also write one report per image, in images/ (default: the FAIL and REVIEW ones)")
     report.add_argument("--details", type=int, default=10, help="images shown in full in the batch report")
     report.add_argument("--max-pixels", type=int, help="refuse images with more pixels than this")
-    _inspection_args(report, 160)
+    _inspecting(report, max_new_tokens=160)
     report.set_defaults(func=cmd_report)
 
     app = commands.add_parser("app", help="the Gradio inspection app")
-    app.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for the network)")
-    app.add_argument("--port", type=int, default=7860)
+    app.add_argument("--host", help="address to listen on (default: $GRADIO_SERVER_NAME, else 127.0.0.1)")
+    app.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT, else 7860)")
     app.add_argument("--concurrency", type=int, default=2, help="requests worked on at once; the rest queue")
     app.add_argument("--max-upload-mb", type=int, default=25, help="largest upload accepted")
     app.add_argument("--max-pixels", type=int, help="refuse images with more pixels than this")
-    _inspection_args(app, 256)
+    _inspecting(app)
     app.set_defaults(func=cmd_app)
+
+    product = commands.add_parser("product", help="saved product profiles: known-good references, thresholds, notes")
+    actions = product.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="save a product from its known-good images (and known defective ones)")
+    add.add_argument("name", help=f"product name ({NAME_RULE})")
+    add.add_argument("--good", nargs="+", required=True, help="known-good images or folders")
+    add.add_argument("--defective", nargs="+", default=[], help="known-defective images or folders (checked "
+                                                                    "against the calibrated thresholds)")
+    add.add_argument("--notes", type=Path, help="text file: normal appearance, known defect kinds (the assistant "
+                                                "reads it)")
+    add.add_argument("--replace", action="store_true", help="overwrite a product of that name")
+    add_options(add.add_argument_group("localizer"), [o for o in LOCALIZER if o.config is not InputOptions])
+    add.set_defaults(func=cmd_product_add)
+    listing = actions.add_parser("list", help="the saved products")
+    listing.set_defaults(func=cmd_product_list)
+    show = actions.add_parser("show", help="one product's profile")
+    show.add_argument("name")
+    show.set_defaults(func=cmd_product_show)
+    remove = actions.add_parser("remove", help="delete a saved product")
+    remove.add_argument("name")
+    remove.set_defaults(func=cmd_product_remove)
     return parser
 
 

@@ -25,3 +25,7 @@ class DatasetError(AnomalyVLMError):
 
 class CheckpointError(AnomalyVLMError):
     """A checkpoint is unreadable, unsafe, or made for another backbone."""
+
+
+class ProductError(AnomalyVLMError):
+    """A product profile is unknown, misnamed, already present, or lacks what was asked of it."""

@@ -1,39 +1,42 @@
-"""One entry point for inspection: localizer, proposals and assistant, loaded once and reused.
+"""One entry point for inspection: scorer, verdicts, proposals and assistant, loaded once and reused.
 
-The CLI, the reports and the Gradio app all inspect through `Inspector`, so an image
-gets the same score, regions and answer whichever door it came in by.
+The CLI, the reports and the Gradio app all inspect through `Inspector`, and every
+batch goes through the one engine and record store, so an image gets the same
+score, verdict, regions and answer whichever door it came in by.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from itertools import groupby
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from .assistant.backends import Assistant, AssistantOptions, GenerationSettings, build_assistant
 from .assistant.dialogue import Dialogue, Turn
-from .errors import AnomalyVLMError
-from .files import atomic_path, sweep_temporaries, write_json
-from .io import ImageLimits, collect_samples, load_image, load_samples
+from .digests import images_digest
+from .engine import Engine, EngineRun, ScoredImage
+from .files import sweep_temporaries
+from .io import ImageLimits, collect_samples, load_image
 from .localizer import AnomalyScorer, ScorerOptions, build_scorer
+from .localizer.factory import product_source
+from .products import ProductProfile, ProductStore
 from .prompts import load_yaml
-from .proposals import ProposalConfig, inspect_prediction
+from .proposals import ProposalConfig, propose
+from .records import RecordStore
 from .types import Inspection, Sample
+from .verdicts import (Thresholds, VerdictConfig, default_thresholds, fixed_thresholds, from_good_scores,
+                       from_labels, held_out_scores)
 
 
 @dataclass
 class InspectorConfig:
     scorer: ScorerOptions = field(default_factory=lambda: ScorerOptions(progress=False))
-    threshold: float = field(default=0.5, metadata={"help": "image score and region threshold"})
+    verdicts: VerdictConfig = field(default_factory=VerdictConfig)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     assistant: AssistantOptions = field(default_factory=AssistantOptions)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
@@ -45,39 +48,65 @@ class InspectorConfig:
 
 @dataclass
 class BatchRun:
-    """A folder inspection: the inspections in input order and the files that failed, with why."""
+    """A batch inspection: inspections in input order (with their engine records), failures, thresholds."""
 
     inspections: list[Inspection]
     paths: list[str]
     failures: list[dict]
+    thresholds: Thresholds
+    scored: list[ScoredImage] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def reused(self) -> int:
+        return sum(s.reused for s in self.scored)
 
 
-def _fingerprint(images: list[Image.Image]) -> str:
-    digest = hashlib.sha1()
-    for image in images:
-        digest.update(f"{image.size}".encode())
-        digest.update(np.asarray(image.resize((32, 32))).tobytes())
-    return digest.hexdigest()
+def build_inspection(image_id: str, anomaly_map: np.ndarray, image_score: float, thresholds: Thresholds,
+                     models: dict, image_size: tuple[int, int] | None = None,
+                     config: ProposalConfig = ProposalConfig(), image: Image.Image | None = None,
+                     notes: str | None = None) -> Inspection:
+    """The inspection of one image from its threshold-free score and map.
+
+    Regions are proposed at the lowest threshold whatever the verdict, so a part sent
+    to review, or one that passed, still shows any spot worth a look; `image_size`
+    defaults to the map's size, the size the boxes are then in pixels of.
+    """
+    regions = propose(anomaly_map, thresholds.lowest, config, image_size)
+    map_height, map_width = np.shape(anomaly_map)
+    size = tuple(image_size) if image_size else (map_width, map_height)
+    return Inspection(image_id, float(image_score), thresholds.fail, regions, models, size, image=image,
+                      anomaly_map=np.asarray(anomaly_map, dtype=np.float32), review_threshold=thresholds.review,
+                      threshold_source=thresholds.source, notes=notes)
+
+
+@dataclass
+class _Fitted:
+    scorer: AnomalyScorer
+    references: list[Image.Image] = field(default_factory=list)
+    profile: ProductProfile | None = None
+    held_out: np.ndarray | None = None
 
 
 class Inspector:
     """Inspect images and answer questions about them.
 
-    Scorers are built on first use and cached: one default scorer, and one per set of
-    reference images (keyed by their content, and reachable by product name), so a
-    second image of the same product reuses the fitted models; the cache is bounded,
-    so a long-running app does not grow with every reference set it has seen. Scoring
-    is serialised by a lock because torch models are not re-entrant across threads;
-    the assistant streams outside it.
+    Scorers are built on first use and cached: one default scorer, one per set of
+    reference images (keyed by their content, reachable by product name) and one per
+    saved product profile, so a second image of the same product reuses the fitted
+    models and its calibrated thresholds. The cache is bounded. Scoring is serialised
+    by a lock because torch models are not re-entrant across threads; the assistant
+    streams outside it.
     """
 
     def __init__(self, config: InspectorConfig = InspectorConfig(), scorer: AnomalyScorer | None = None,
-                 assistant: Assistant | None = None):
+                 assistant: Assistant | None = None, products: ProductStore | None = None):
         self.config = config
-        self._default_scorer = scorer
+        self.products = products or ProductStore()
+        self._default = _Fitted(scorer) if scorer is not None else None
         self._assistant = assistant
-        self._scorers: OrderedDict[str, AnomalyScorer] = OrderedDict()   # reference fingerprint -> fitted scorer
-        self._products: dict[str, str] = {}                               # product name -> fingerprint
+        self._fitted: OrderedDict[str, _Fitted] = OrderedDict()    # reference digest or product:NAME -> fitted
+        self._names: dict[str, str] = {}                          # product name -> key in _fitted
         self.notices: list[str] = []
         self._lock = threading.RLock()
 
@@ -88,30 +117,73 @@ class Inspector:
                 self._assistant = build_assistant(self.config.assistant)
             return self._assistant
 
-    def scorer(self, category: str | None = None, references: list[Image.Image] | None = None) -> AnomalyScorer:
-        """The scorer for this product: fitted to `references` when given, else to those last given for `category`."""
+    def _fit(self, category: str | None, references: list[Image.Image] | None, product: str | None) -> _Fitted:
         with self._lock:
+            if product:
+                key = f"product:{product}"
+                if key not in self._fitted:
+                    profile = self.products.load(product)
+                    source = product_source(self.config.scorer, profile.features)
+                    self._remember(key, _Fitted(self.products.scorer(product, source), profile=profile))
+                return self._touch(key, category)
             if references:
-                key = _fingerprint(references[: self.config.max_references])
-                if key not in self._scorers:
-                    self._scorers[key] = self._build(references[: self.config.max_references])
-                    while len(self._scorers) > self.config.cached_products:
-                        evicted, _ = self._scorers.popitem(last=False)
-                        self._products = {p: k for p, k in self._products.items() if k != evicted}
-                self._scorers.move_to_end(key)
-                if category:
-                    self._products[category] = key
-                return self._scorers[key]
-            if category in self._products:
-                return self._scorers[self._products[category]]
-            if self._default_scorer is None:
-                self._default_scorer = self._build(None)
-            return self._default_scorer
+                references = references[: self.config.max_references]
+                key = images_digest(references)
+                if key not in self._fitted:
+                    self._remember(key, _Fitted(self._build(references), references))
+                return self._touch(key, category)
+            if category in self._names:
+                return self._fitted[self._names[category]]
+            if self._default is None:
+                self._default = _Fitted(self._build(None))
+            return self._default
+
+    def _remember(self, key: str, fitted: _Fitted) -> None:
+        self._fitted[key] = fitted
+        while len(self._fitted) > self.config.cached_products:
+            evicted, _ = self._fitted.popitem(last=False)
+            self._names = {p: k for p, k in self._names.items() if k != evicted}
+
+    def _touch(self, key: str, category: str | None) -> _Fitted:
+        self._fitted.move_to_end(key)
+        if category:
+            self._names[category] = key
+        return self._fitted[key]
+
+    def scorer(self, category: str | None = None, references: list[Image.Image] | None = None,
+               product: str | None = None) -> AnomalyScorer:
+        """The scorer for a product: its saved profile, the `references` given, else those last given for `category`."""
+        return self._fit(category, references, product).scorer
 
     def _build(self, references: list[Image.Image] | None) -> AnomalyScorer:
         built = build_scorer(self.config.scorer, references)
-        self.notices += [n for n in built.notices if n not in self.notices]
+        self._notify(built.notices)
         return built.scorer
+
+    def _notify(self, notices: list[str]) -> None:
+        self.notices += [n for n in notices if n not in self.notices]
+
+    def thresholds(self, category: str | None = None, references: list[Image.Image] | None = None,
+                   product: str | None = None, labelled: tuple[np.ndarray, np.ndarray] | None = None,
+                   verdicts: VerdictConfig | None = None) -> Thresholds:
+        """FAIL and REVIEW thresholds: fixed, else the product's, the references' leave-one-out, labels, the default."""
+        verdicts = verdicts or self.config.verdicts
+        if verdicts.threshold is not None:
+            return fixed_thresholds(verdicts)
+        fitted = self._fit(category, references, product)
+        if fitted.profile is not None:
+            stored = fitted.profile.thresholds.get(fitted.scorer.describe().get("features", "builtin"))
+            if stored:
+                return Thresholds.from_dict(stored)
+        if len(fitted.references) >= 2:
+            with self._lock:
+                if fitted.held_out is None:
+                    fitted.held_out = held_out_scores(fitted.scorer, fitted.references)
+            what = f"{len(fitted.references)} references' leave-one-out scores"
+            return from_good_scores(fitted.held_out, verdicts, "references", what)
+        if labelled is not None and len(set(np.asarray(labelled[1]).tolist())) == 2:
+            return from_labels(*labelled)
+        return default_thresholds(verdicts)
 
     def _open(self, image: Image.Image | str | Path) -> tuple[Image.Image, str]:
         if isinstance(image, Image.Image):
@@ -120,25 +192,37 @@ class Inspector:
 
     def inspect_many(self, images: list[Image.Image | str | Path], category: str | None = None,
                      references: list[Image.Image] | None = None, image_ids: list[str] | None = None,
-                     threshold: float | None = None) -> list[Inspection]:
-        """Score images of one product together (mutual scoring compares them with each other)."""
+                     threshold: float | None = None, product: str | None = None) -> list[Inspection]:
+        """Score images of one product together (mutual scoring compares them with each other).
+
+        `threshold` fixes the FAIL threshold for this call (no REVIEW band); None calibrates.
+        """
         opened = [self._open(image) for image in images]
         ids = image_ids or [name for _, name in opened]
         pictures = [picture for picture, _ in opened]
-        threshold = self.config.threshold if threshold is None else threshold
-        scorer = self.scorer(category, references)
+        fitted = self._fit(category, references, product)
+        engine = Engine(fitted.scorer, self.config.limits, progress=False)
         with self._lock:
-            prediction = scorer.score(pictures, object_name=category)
-        models = scorer.describe()
-        return [inspect_prediction(ids[i], prediction.anomaly_map[i], float(prediction.image_score[i]), threshold, models,
-                                   pictures[i].size, self.config.proposals, image=pictures[i])
+            chosen, prediction = engine.score(pictures, category)
+            thresholds = self.thresholds(category, references, product, verdicts=self._verdicts(threshold))
+        self._notify(engine.notices)
+        models = chosen.describe()
+        notes = fitted.profile.notes if fitted.profile else None
+        return [build_inspection(ids[i], prediction.anomaly_map[i], float(prediction.image_score[i]), thresholds,
+                                 models, pictures[i].size, self.config.proposals, pictures[i], notes)
                 for i in range(len(pictures))]
+
+    def _verdicts(self, threshold: float | None) -> VerdictConfig:
+        if threshold is None:
+            return self.config.verdicts
+        return replace(self.config.verdicts, threshold=float(threshold), review_threshold=None)
 
     def inspect(self, image: Image.Image | str | Path, category: str | None = None,
                 references: list[Image.Image] | None = None, image_id: str | None = None,
-                threshold: float | None = None) -> Inspection:
+                threshold: float | None = None, product: str | None = None) -> Inspection:
         """Score one image and propose its anomalous regions."""
-        return self.inspect_many([image], category, references, [image_id] if image_id else None, threshold)[0]
+        return self.inspect_many([image], category, references, [image_id] if image_id else None, threshold,
+                                 product)[0]
 
     def ask(self, inspection: Inspection, question: str, history: list[Turn] = ()) -> Iterator[str]:
         """Stream the assistant's answer to `question` about `inspection`, after the earlier `history` turns."""
@@ -157,73 +241,41 @@ class Inspector:
 
     def inspect_batch(self, paths: list[str | Path], out: str | Path | None = None,
                       references: list[Image.Image] | None = None, category: str | None = None,
-                      threshold: float | None = None, progress: bool = True) -> BatchRun:
-        """Inspect images, folders or dataset roots, one product category at a time (`category` names them all).
+                      threshold: float | None = None, progress: bool = True, product: str | None = None) -> BatchRun:
+        """Inspect images, folders or dataset roots (see `inspect_samples`)."""
+        return self.inspect_samples(collect_samples(paths), out, references, category, threshold, progress, product)
 
-        With `out`, each inspection is written as it finishes (`inspections/<key>.json`
-        and its anomaly map as `maps/<key>.png`); a re-run reads those back instead of
-        scoring again, so an interrupted run keeps what it did.
+    def inspect_samples(self, samples: list[Sample], out: str | Path | None = None,
+                        references: list[Image.Image] | None = None, category: str | None = None,
+                        threshold: float | None = None, progress: bool = True,
+                        product: str | None = None) -> BatchRun:
+        """Inspect samples one product category at a time (`category` names them all as one product).
+
+        With `out`, each image's record is kept in `out/records/` as it finishes; a re-run
+        reuses the records whose fingerprint still matches, so an interrupted run keeps
+        what it did and a new threshold relabels without rescoring. Images are not kept
+        in memory: `inspection.image` is None, and reports read the file again.
         """
-        samples = collect_samples(paths)
-        out = Path(out) if out else None
+        fitted = self._fit(category or product, references, product)
+        engine = Engine(fitted.scorer, self.config.limits, progress)
+        store = RecordStore(Path(out) / "records") if out else None
         if out:
             sweep_temporaries(out)
-        done: dict[str, Inspection] = {}
-        failures: list[dict] = []
-        bar = tqdm(total=len(samples), desc="inspecting", unit="img", disable=not progress)
-        for product, group in groupby(samples, key=lambda s: category or s.category):
-            group = list(group)
-            todo = []
-            for sample in group:
-                if out and (stored := read_inspection(out, sample)) is not None:
-                    done[sample.key] = stored
-                else:
-                    todo.append(sample)
-            pending = load_samples(todo, self.config.limits, failures)
-            bar.update(len(group) - len(pending))
-            if not pending:
-                continue
-            try:
-                inspections = self.inspect_many([image for _, image in pending], product, references,
-                                                [sample.key for sample, _ in pending], threshold)
-            except AnomalyVLMError as exc:
-                failures += [{"path": str(sample.path), "error": str(exc)} for sample, _ in pending]
-                bar.update(len(pending))
-                continue
-            for (sample, _), inspection in zip(pending, inspections):
-                if out:
-                    write_inspection(out, sample, inspection)
-                done[sample.key] = inspection
-                bar.update()
-        bar.close()
-        ordered = [s for s in samples if s.key in done]
-        return BatchRun([done[s.key] for s in ordered], [str(s.path) for s in ordered], failures)
+        with self._lock:
+            run = engine.run(samples, store, category or product)
+        self._notify(run.notices)
+        labelled = _labels_of(run)
+        thresholds = self.thresholds(category or product, references, product, labelled, self._verdicts(threshold))
+        notes = fitted.profile.notes if fitted.profile else None
+        inspections = [build_inspection(s.sample.key, s.anomaly_map, s.record.score, thresholds, s.record.models,
+                                        s.record.image_size, self.config.proposals, None, notes) for s in run.scored]
+        return BatchRun(inspections, [str(s.sample.path) for s in run.scored], run.failures, thresholds, run.scored,
+                        run.notices)
 
 
-def _record_paths(out: Path, sample: Sample) -> tuple[Path, Path]:
-    return out / "inspections" / f"{sample.key}.json", out / "maps" / f"{sample.key}.png"
-
-
-def write_inspection(out: Path, sample: Sample, inspection: Inspection) -> None:
-    """The record and its anomaly map (8-bit PNG), map first: a record on disk always has its map."""
-    record, map_path = _record_paths(out, sample)
-    with atomic_path(map_path) as tmp:
-        Image.fromarray(np.round(np.clip(inspection.anomaly_map, 0, 1) * 255).astype(np.uint8)).save(tmp, format="PNG")
-    write_json(record, {**inspection.to_dict(), "path": str(sample.path)})
-
-
-def read_inspection(out: Path, sample: Sample) -> Inspection | None:
-    """A stored inspection of `sample` with its image and map, or None when there is none to reuse."""
-    record, map_path = _record_paths(out, sample)
-    if not record.is_file() or not map_path.is_file():
+def _labels_of(run: EngineRun) -> tuple[np.ndarray, np.ndarray] | None:
+    labels = [s.sample.label for s in run.scored]
+    if not labels or any(label is None for label in labels):
         return None
-    try:
-        data = json.loads(record.read_text())
-        if data.get("path") != str(sample.path):
-            return None
-        inspection = Inspection.from_dict(data)
-        inspection.anomaly_map = np.asarray(Image.open(map_path).convert("L"), dtype=np.float32) / 255
-        inspection.image = load_image(sample.path)
-    except (ValueError, KeyError, OSError, AnomalyVLMError):
-        return None
-    return inspection
+    return np.array([s.record.score for s in run.scored]), np.array(labels)
+

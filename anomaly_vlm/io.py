@@ -60,13 +60,13 @@ def load_image(path: str | Path, limits: ImageLimits = ImageLimits()) -> Image.I
 
 
 def load_samples(samples: list[Sample], limits: ImageLimits, failures: list[dict]) -> list[tuple[Sample, Image.Image]]:
-    """The samples that load, with their images; each one that does not goes to `failures` as {path, error}."""
+    """The samples that load, with their images; each one that does not goes to `failures` as unreadable."""
     loaded = []
     for sample in samples:
         try:
             loaded.append((sample, load_image(sample.path, limits)))
         except ImageLoadError as exc:
-            failures.append({"path": str(sample.path), "error": str(exc)})
+            failures.append({"path": str(sample.path), "error": str(exc), "kind": "unreadable"})
     return loaded
 
 

@@ -1,8 +1,4 @@
-"""Regions from masks and anomaly maps: connected components, boxes and grid locations in words.
-
-Also the thresholds that turn scores into labels and masks, and the `Inspection`
-record of one image that the assistant and the reports read.
-"""
+"""Regions from masks and anomaly maps: connected components, boxes and grid locations in words."""
 
 from __future__ import annotations
 
@@ -10,11 +6,9 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
-from .metrics import f1_max
-from .types import Inspection, Region
+from .types import Region
 
 _ROWS = ("top", "", "bottom")
 _COLUMNS = ("left", "", "right")
@@ -144,40 +138,3 @@ def propose(anomaly_map: np.ndarray, threshold: float, config: ProposalConfig = 
         regions.append(make_region(box, width, height, float(area * scale_area), peak, mean))
     regions.sort(key=lambda r: (-r.peak_score, -r.area_fraction))
     return regions[:config.top_k]
-
-
-def threshold_f1max(scores: np.ndarray, labels: np.ndarray) -> float:
-    """The image-score threshold that maximizes F1 (label = score >= threshold) on labelled images."""
-    labels = np.asarray(labels).ravel()
-    if not np.isin(labels, (0, 1)).all():
-        raise ValueError("labels must be 0 (normal) or 1 (anomalous)")
-    return f1_max(labels, scores)[1]
-
-
-def threshold_from_normals(scores: np.ndarray, quantile: float = 0.99, margin: float = 0.0) -> float:
-    """A threshold from the scores of known-normal images alone: their `quantile` plus `margin`, in [0, 1].
-
-    For the usual case of a few good parts and no labelled defects.
-    """
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    if scores.size == 0:
-        raise ValueError("threshold_from_normals needs the scores of at least one normal image")
-    if not 0.0 <= quantile <= 1.0:
-        raise ValueError(f"quantile must be in [0, 1], got {quantile}")
-    return float(np.clip(np.quantile(scores, quantile) + margin, 0.0, 1.0))
-
-
-def inspect_prediction(image_id: str, anomaly_map: np.ndarray, image_score: float, threshold: float, models: dict,
-                       image_size: tuple[int, int] | None = None,
-                       config: ProposalConfig = ProposalConfig(), image: Image.Image | None = None) -> Inspection:
-    """The inspection record of one image: its score, label and proposed regions.
-
-    Regions are proposed whatever the image label, so a normal verdict still shows
-    any spot that crossed the threshold; `image_size` defaults to the map's size,
-    the size the boxes are then in pixels of.
-    """
-    regions = propose(anomaly_map, threshold, config, image_size)
-    map_height, map_width = np.shape(anomaly_map)
-    size = tuple(image_size) if image_size else (map_width, map_height)
-    return Inspection(image_id, float(image_score), float(threshold), regions, models, size,
-                      image=image, anomaly_map=np.asarray(anomaly_map, dtype=np.float32))

@@ -18,15 +18,18 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from .errors import AnomalyVLMError
 from .files import write_bytes, write_json, write_text
+from .io import load_image
 from .prompts import load_yaml, prompts_dir
 from .types import Inspection
+from .verdicts import Thresholds, count_verdicts, describe_thresholds
 from .visualize import annotate, score_histogram
 
 if TYPE_CHECKING:
-    from .inspector import Inspector
+    from .inspector import BatchRun, Inspector
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FORMATS = ("html", "md", "json", "pdf")
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
 
@@ -56,25 +59,29 @@ def _version() -> str:
 
 
 def report_document(entries: list[ReportEntry], failures: list[dict] = (), settings: dict | None = None,
-                    assistant: dict | None = None, created: datetime | None = None) -> dict:
-    """The report as JSON-ready data: images worst first, counts, models and settings."""
+                    assistant: dict | None = None, created: datetime | None = None,
+                    thresholds: Thresholds | None = None) -> dict:
+    """The report as JSON-ready data: images worst first, verdict counts, thresholds, models and settings."""
     ranked = sorted(entries, key=lambda e: -e.inspection.image_score)
-    thresholds = sorted({e.inspection.threshold for e in entries})
-    images = [{**e.inspection.to_dict(), "path": e.path,
-               "verdict": "anomalous" if e.inspection.label else "normal",
-               "explanation": e.explanation, "flags": list(e.flags)} for e in ranked]
+    images = [{**e.inspection.to_dict(), "path": e.path, "explanation": e.explanation, "flags": list(e.flags)}
+              for e in ranked]
+    if thresholds is None and entries:
+        first = entries[0].inspection
+        thresholds = Thresholds(first.threshold, first.review_threshold, first.threshold_source)
+    kinds = [f.get("kind", "unreadable") for f in failures]
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "image" if len(entries) == 1 and not failures else "batch",
         "created": (created or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
         "generator": f"anomaly-vlm {_version()}",
-        "summary": {"total": len(entries) + len(failures), "anomalous": sum(e.inspection.label for e in entries),
-                    "normal": sum(1 - e.inspection.label for e in entries), "errors": len(failures),
-                    "thresholds": thresholds},
+        "summary": {"total": len(entries) + len(failures), **count_verdicts([e.inspection.verdict for e in entries]),
+                    "unreadable": kinds.count("unreadable"), "unscored": kinds.count("unscored"),
+                    "errors": len(failures), "thresholds": thresholds.to_dict() if thresholds else None},
         "settings": settings or {},
         "assistant": assistant,
         "images": images,
-        "failures": [{"path": str(f["path"]), "error": str(f["error"])} for f in failures],
+        "failures": [{"path": str(f["path"]), "error": str(f["error"]), "kind": f.get("kind", "unreadable")}
+                     for f in failures],
     }
 
 
@@ -101,20 +108,32 @@ def _encoded(image: Image.Image, fmt: str, side: int | None = None) -> bytes:
     return buffer.getvalue()
 
 
+def _picture(entry: ReportEntry) -> Image.Image | None:
+    """The entry's image: in memory, else read again from its file (batch runs do not keep images)."""
+    if entry.inspection.image is None and entry.path:
+        try:
+            return load_image(entry.path)
+        except AnomalyVLMError:
+            return None
+    return entry.inspection.image
+
+
 def make_figures(entries: list[ReportEntry], document: dict, options: ReportOptions) -> Figures:
-    by_id = {e.inspection.image_id: e.inspection for e in entries}
+    by_id = {e.inspection.image_id: e for e in entries}
     pictures, sizes = {}, {}
     for item in document["images"][: _detail_count(document, options)]:
-        inspection = by_id[item["image_id"]]
-        if inspection.image is None:
+        entry = by_id[item["image_id"]]
+        image = _picture(entry)
+        if image is None:
             continue
-        shown = annotate(inspection.image, inspection.anomaly_map, inspection.regions)
-        pictures[item["image_id"]] = tuple(_encoded(p, "JPEG", options.image_side) for p in (inspection.image, shown))
-        sizes[item["image_id"]] = inspection.image.size
+        shown = annotate(image, entry.inspection.anomaly_map, entry.inspection.regions)
+        pictures[item["image_id"]] = tuple(_encoded(p, "JPEG", options.image_side) for p in (image, shown))
+        sizes[item["image_id"]] = image.size
     histogram = None
-    if document["kind"] == "batch" and document["images"]:
-        thresholds = document["summary"]["thresholds"]
-        histogram = _encoded(score_histogram([i["image_score"] for i in document["images"]], thresholds[0]), "PNG")
+    thresholds = document["summary"]["thresholds"]
+    if document["kind"] == "batch" and document["images"] and thresholds:
+        lines = [t for t in (thresholds["fail"], thresholds["review"]) if t is not None]
+        histogram = _encoded(score_histogram([i["image_score"] for i in document["images"]], lines), "PNG")
     return Figures(pictures, sizes, histogram)
 
 
@@ -128,11 +147,14 @@ def _context(document: dict, options: ReportOptions) -> dict:
     summary = document["summary"]
     return {"doc": document, "w": words, "title": title,
             "details": document["images"][: _detail_count(document, options)],
-            "counts": words["counts"].format(total=summary["total"], failed=summary["anomalous"],
-                                             passed=summary["normal"], errors=summary["errors"]),
+            "counts": words["counts"].format(
+                total=summary["total"], fail=summary["fail"], review=summary["review"], passed=summary["pass"],
+                errors=words["errors_part"].format(**summary) if summary["errors"] else ""),
             "footer": words["footer"].format(version=_version(), created=document["created"]),
-            "score_line": lambda item: words["score_line"].format(score=item["image_score"],
-                                                                  threshold=item["threshold"]),
+            "score_line": lambda item: words["score_line"].format(
+                score=item["image_score"], threshold=item["threshold"],
+                review=words["review_part"].format(review=item["review_threshold"])
+                if item["review_threshold"] is not None else ""),
             "pct": lambda value: f"{100 * value:.2f}",
             "models": _model_lines(document, words),
             "settings_json": json.dumps(document["settings"], indent=2)}
@@ -147,8 +169,8 @@ def _model_lines(document: dict, words: dict) -> list[str]:
     lines = [words["model_lines"]["localizer"].format(name) for name in localizers]
     if document["assistant"]:
         lines.append(words["model_lines"]["assistant"].format(describe_assistant(document["assistant"])))
-    thresholds = ", ".join(f"{t:.2f}" for t in document["summary"]["thresholds"])
-    return lines + [words["model_lines"]["threshold"].format(thresholds)] if thresholds else lines
+    thresholds = document["summary"]["thresholds"]
+    return lines + [words["model_lines"]["threshold"].format(describe_thresholds(thresholds))] if thresholds else lines
 
 
 def _template(name: str, autoescape: bool):
@@ -286,13 +308,13 @@ def render_pdf(document: dict, figures: Figures, options: ReportOptions = Report
 
 def write_report(entries: list[ReportEntry], out: str | Path, name: str = "report", formats: tuple[str, ...] = FORMATS,
                  failures: list[dict] = (), settings: dict | None = None, assistant: dict | None = None,
-                 options: ReportOptions = ReportOptions()) -> dict[str, Path]:
+                 options: ReportOptions = ReportOptions(), thresholds: Thresholds | None = None) -> dict[str, Path]:
     """Write the report in each format as `out/name.<ext>`, each file atomically; returns the paths."""
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown report format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}")
     out = Path(out)
-    document = report_document(entries, failures, settings, assistant)
+    document = report_document(entries, failures, settings, assistant, thresholds=thresholds)
     figures = make_figures(entries, document, options)
     written = {}
     for fmt in formats:
@@ -324,33 +346,39 @@ class ReportJob:
     paths: list[str]
     out: Path
     formats: tuple[str, ...] = FORMATS
-    explain: int = field(default=3, metadata={"help": "the assistant explains this many of the worst failing images"})
-    per_image: str = field(default="anomalous", metadata={"help": "none, anomalous or all: also one report per image"})
+    explain: int = field(default=3, metadata={"help": "the assistant explains this many of the worst FAIL (then "
+                                                      "REVIEW) images"})
+    per_image: str = field(default="anomalous", metadata={"help": "none, anomalous (FAIL and REVIEW) or all: also "
+                                                                  "one report per image"})
     details: int = field(default=10, metadata={"help": "images shown in full in the batch report"})
 
 
 @dataclass
 class ReportRun:
-    inspections: list[Inspection]
-    failures: list[dict]
+    batch: BatchRun
     written: dict[str, Path]
     assistant: dict | None
 
 
 def run_report_job(inspector: Inspector, job: ReportJob, references: list[Image.Image] | None = None,
-                   progress: bool = True) -> ReportRun:
-    """Inspect (resumably, through `inspect_batch`), explain and write the batch and per-image reports."""
-    batch = inspector.inspect_batch(job.paths, job.out, references, progress=progress)
+                   progress: bool = True, product: str | None = None) -> ReportRun:
+    """Inspect (resumably, through the engine's records), explain the worst, write batch and per-image reports."""
+    batch = inspector.inspect_batch(job.paths, job.out, references, progress=progress, product=product)
     entries = [ReportEntry(i, path=p) for i, p in zip(batch.inspections, batch.paths)]
-    worst = sorted((e for e in entries if e.inspection.label), key=lambda e: -e.inspection.image_score)
-    for entry in worst[: job.explain]:
+    flagged = sorted((e for e in entries if e.inspection.verdict != "pass"),
+                     key=lambda e: (e.inspection.verdict != "fail", -e.inspection.image_score))
+    for entry in flagged[: job.explain]:
+        entry.inspection.image = _picture(entry)
         entry.explanation, entry.flags = inspector.explain(entry.inspection)
-    assistant = inspector.assistant.describe() if job.explain and worst else None
+        entry.inspection.image = None
+    assistant = inspector.assistant.describe() if job.explain and flagged else None
     settings = settings_of(inspector.config)
     options = ReportOptions(details=job.details)
-    written = write_report(entries, job.out, "report", job.formats, batch.failures, settings, assistant, options)
-    chosen = [e for e in entries if job.per_image == "all" or (job.per_image == "anomalous" and e.inspection.label)]
+    written = write_report(entries, job.out, "report", job.formats, batch.failures, settings, assistant, options,
+                           batch.thresholds)
+    chosen = [e for e in entries if job.per_image == "all" or (job.per_image == "anomalous"
+                                                              and e.inspection.verdict != "pass")]
     for entry in chosen:
         write_report([entry], job.out / "images", entry.inspection.image_id, job.formats, (), settings,
-                     assistant if entry.explanation else None, options)
-    return ReportRun(batch.inspections, batch.failures, written, assistant)
+                     assistant if entry.explanation else None, options, batch.thresholds)
+    return ReportRun(batch, written, assistant)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import safe_stem
+from .vocabulary import Verdict
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,13 @@ class Region:
                    data.get("peak_score", 1.0), data.get("mean_score", 1.0))
 
 
+def verdict_of(score: float, threshold: float, review_threshold: float | None) -> Verdict:
+    """pass, review or fail: at or above `threshold` fails, at or above `review_threshold` goes to a person."""
+    if score >= threshold:
+        return "fail"
+    return "review" if review_threshold is not None and score >= review_threshold else "pass"
+
+
 @dataclass
 class Findings:
     """What the localizer reports about one image; the assistant answers from this."""
@@ -73,27 +81,40 @@ class Findings:
     image_score: float
     threshold: float
     regions: list[Region] = field(default_factory=list)
+    review_threshold: float | None = None
+    notes: str | None = None
 
     @property
     def anomalous(self) -> bool:
         return self.image_score >= self.threshold
 
+    @property
+    def verdict(self) -> Verdict:
+        return verdict_of(self.image_score, self.threshold, self.review_threshold)
+
     def to_dict(self) -> dict:
         return {"image_score": round(self.image_score, 4), "threshold": self.threshold,
-                "regions": [r.to_dict() for r in self.regions]}
+                "review_threshold": self.review_threshold, "regions": [r.to_dict() for r in self.regions],
+                "notes": self.notes}
 
     @classmethod
     def from_dict(cls, data: dict) -> Findings:
-        return cls(data["image_score"], data["threshold"], [Region.from_dict(r) for r in data["regions"]])
+        return cls(data["image_score"], data["threshold"], [Region.from_dict(r) for r in data["regions"]],
+                   data.get("review_threshold"), data.get("notes"))
+
+    def _score_line(self) -> str:
+        score = f"image anomaly score: {self.image_score:.2f}"
+        if self.verdict == "review":
+            return (f"{score} (between the review threshold {self.review_threshold:.2f} and the fail threshold "
+                    f"{self.threshold:.2f}: uncertain, for a person to review)")
+        return f"{score} ({'above' if self.anomalous else 'below'} the threshold {self.threshold:.2f})"
 
     def block(self) -> str:
         """The findings as a delimited text block: data for the assistant to read, not instructions."""
-        verdict = "above" if self.anomalous else "below"
-        lines = [
-            "<findings>",
-            f"image anomaly score: {self.image_score:.2f} ({verdict} the threshold {self.threshold:.2f})",
-            f"candidate regions: {len(self.regions)}",
-        ]
+        lines = ["<findings>", self._score_line()]
+        if self.notes:
+            lines.append(f"product notes: {' '.join(self.notes.split())}")
+        lines.append(f"candidate regions: {len(self.regions)}")
         for i, r in enumerate(self.regions, 1):
             box = ", ".join(f"{v:.2f}" for v in r.box_norm)
             lines.append(f"{i}. {r.location}, box [{box}], {100 * r.area_fraction:.1f}% of the image, "
@@ -121,23 +142,34 @@ class Inspection:
     image_size: tuple[int, int] | None = None
     image: Any = field(default=None, repr=False, compare=False)
     anomaly_map: Any = field(default=None, repr=False, compare=False)
+    review_threshold: float | None = None
+    threshold_source: str = "fixed"
+    notes: str | None = None
 
     @property
     def label(self) -> int:
+        """1 when the part FAILs."""
         return int(self.image_score >= self.threshold)
 
     @property
+    def verdict(self) -> Verdict:
+        return verdict_of(self.image_score, self.threshold, self.review_threshold)
+
+    @property
     def findings(self) -> Findings:
-        return Findings(self.image_score, self.threshold, list(self.regions))
+        return Findings(self.image_score, self.threshold, list(self.regions), self.review_threshold, self.notes)
 
     def to_dict(self) -> dict:
         return {"image_id": self.image_id, "image_score": self.image_score, "threshold": self.threshold,
-                "label": self.label, "regions": [r.to_dict() for r in self.regions], "models": dict(self.models),
-                "image_size": None if self.image_size is None else list(self.image_size)}
+                "review_threshold": self.review_threshold, "threshold_source": self.threshold_source,
+                "verdict": self.verdict, "label": self.label, "regions": [r.to_dict() for r in self.regions],
+                "models": dict(self.models), "image_size": None if self.image_size is None else list(self.image_size),
+                "notes": self.notes}
 
     @classmethod
     def from_dict(cls, data: dict) -> Inspection:
         size = data.get("image_size")
         return cls(data["image_id"], data["image_score"], data["threshold"],
                    [Region.from_dict(r) for r in data["regions"]], dict(data["models"]),
-                   None if size is None else tuple(size))
+                   None if size is None else tuple(size), review_threshold=data.get("review_threshold"),
+                   threshold_source=data.get("threshold_source", "fixed"), notes=data.get("notes"))

@@ -7,6 +7,7 @@ report folder in a `gr.State`, so nothing is shared between users but the models
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import zipfile
@@ -23,17 +24,31 @@ from .inspector import Inspector
 from .io import is_image_name, load_image
 from .localizer import describe_models
 from .report import ReportEntry, ReportOptions, settings_of, write_report
+from .products import create_product
 from .types import Inspection
+from .verdicts import count_verdicts, describe_thresholds
 from .visualize import annotate
+from .vocabulary import VERDICT_MEANINGS, VERDICT_WORDS
 
 FINDINGS_HEADERS = ["#", "location", "box (x0, y0, x1, y1)", "size %", "peak", "mean"]
+NO_PRODUCT = "(none)"
 BATCH_HEADERS = ["rank", "image", "score", "verdict", "regions", "strongest region"]
+
+
+def _env_port() -> int:
+    value = os.environ.get("GRADIO_SERVER_PORT", "7860")
+    try:
+        return int(value)
+    except ValueError:
+        raise AnomalyVLMError(f"GRADIO_SERVER_PORT must be a port number, got {value!r}") from None
 
 
 @dataclass
 class AppConfig:
-    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
-    port: int = field(default=7860, metadata={"help": "port to listen on"})
+    host: str = field(default_factory=lambda: os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                      metadata={"help": "address to listen on (default: $GRADIO_SERVER_NAME, else 127.0.0.1)"})
+    port: int = field(default_factory=_env_port,
+                      metadata={"help": "port to listen on (default: $GRADIO_SERVER_PORT, else 7860)"})
     concurrency: int = field(default=2, metadata={"help": "requests worked on at once; the rest wait in the queue"})
     queue_size: int = field(default=64, metadata={"help": "requests that may wait; more are turned away"})
     max_upload_mb: int = field(default=25, metadata={"help": "largest uploaded file"})
@@ -66,9 +81,11 @@ def findings_rows(inspection: Inspection) -> list[list]:
 
 
 def verdict_markdown(inspection: Inspection, notices: list[str] = ()) -> str:
-    word = "**FAIL: anomaly found**" if inspection.label else "**PASS: no anomaly found**"
-    lines = [f"### {word}", f"Anomaly score **{inspection.image_score:.2f}** against threshold "
-             f"{inspection.threshold:.2f} · {len(inspection.regions)} region(s)",
+    word = f"**{VERDICT_WORDS[inspection.verdict]}: {VERDICT_MEANINGS[inspection.verdict]}**"
+    thresholds = {"fail": inspection.threshold, "review": inspection.review_threshold,
+                  "source": inspection.threshold_source}
+    lines = [f"### {word}", f"Anomaly score **{inspection.image_score:.2f}** · {len(inspection.regions)} region(s)",
+             f"Thresholds: {describe_thresholds(thresholds)}",
              f"Localizer: {describe_models(inspection.models)}"]
     return "\n\n".join(lines + [f"> {n.splitlines()[-1]}" for n in notices])
 
@@ -90,14 +107,38 @@ class InspectionApp:
             raise AnomalyVLMError(f"{len(uploads)} reference images; at most {self.config.max_references} are used")
         return [self._load(u)[0] for u in uploads]
 
-    def inspect(self, upload, references, product: str, threshold: float, session: Session):
+    def products(self) -> list[str]:
+        """The saved products, for the product dropdown."""
+        return [NO_PRODUCT] + [p.name for p in self.inspector.products.list()]
+
+    def _product(self, product: str | None, references) -> tuple[str | None, str | None]:
+        """(category, saved product): a saved product's name loads its profile unless references are given;
+        any other name only remembers the references last given under it."""
+        name = None if not product or product.strip() == NO_PRODUCT else product.strip()
+        saved = name if name and not references and self.inspector.products.exists(name) else None
+        return name, saved
+
+    def save_product(self, name: str, references, notes: str) -> tuple[str, list[str]]:
+        """Save the current references as a new product; returns a message and the refreshed product list."""
+        if not references:
+            raise AnomalyVLMError("add the known-good reference images to save as a product")
+        check = create_product(self.inspector.products, (name or "").strip(), [str(_path_of(r)) for r in references],
+                               notes=notes.strip() or None, options=self.inspector.config.scorer,
+                               verdicts=self.inspector.config.verdicts)
+        profile = check.profile
+        lines = [f"Saved product **{profile.name}** ({profile.counts['good']} good images)."]
+        lines += [f"{feature}: {describe_thresholds(profile.thresholds[feature])}" for feature in profile.features]
+        return "\n\n".join(lines), self.products()
+
+    def inspect(self, upload, references, product: str, threshold: float, automatic: bool, session: Session):
         """Score the uploaded image: annotated heatmap, findings rows, verdict text; the chat starts over."""
         if upload is None:
             raise AnomalyVLMError("upload an image to inspect")
         image, name = self._load(upload)
-        inspection = self.inspector.inspect(image, category=product.strip() or None,
-                                            references=self._references(references), image_id=name,
-                                            threshold=float(threshold))
+        given = self._references(references)
+        category, saved = self._product(product, given)
+        inspection = self.inspector.inspect(image, category=category, references=given, image_id=name,
+                                            threshold=None if automatic else float(threshold), product=saved)
         session.inspection, session.turns = inspection, []
         shown = annotate(image, inspection.anomaly_map, inspection.regions)
         return shown, findings_rows(inspection), verdict_markdown(inspection, self.inspector.notices), [], session
@@ -172,21 +213,31 @@ class InspectionApp:
             raise AnomalyVLMError("upload images, or a zip of images")
         return files
 
-    def inspect_batch(self, uploads, references, product: str, threshold: float, session: Session):
+    def inspect_batch(self, uploads, references, product: str, threshold: float, automatic: bool,
+                      session: Session):
         """Score a batch: rows worst first, and the HTML and PDF batch reports."""
         run_folder = Path(tempfile.mkdtemp(prefix="batch-", dir=session.folder))
         files = self._batch_files(uploads, run_folder / "images")
-        run = self.inspector.inspect_batch([str(f) for f in files], references=self._references(references),
-                                           category=product.strip() or None, threshold=float(threshold),
-                                           progress=False)
-        ranked = sorted(run.inspections, key=lambda i: -i.image_score)
-        rows = [[n, i.image_id, round(i.image_score, 4), "FAIL" if i.label else "PASS", len(i.regions),
-                 i.regions[0].location if i.regions else "-"] for n, i in enumerate(ranked, 1)]
-        written = write_report([ReportEntry(i) for i in run.inspections], run_folder, "batch-report", ("html", "pdf"),
-                               run.failures, settings_of(self.inspector.config), options=ReportOptions(details=10))
+        given = self._references(references)
+        category, saved = self._product(product, given)
+        run = self.inspector.inspect_batch([str(f) for f in files], references=given, category=category,
+                                           threshold=None if automatic else float(threshold), progress=False,
+                                           product=saved)
+        order = sorted(range(len(run.inspections)), key=lambda k: -run.inspections[k].image_score)
+        rows = [[n, run.inspections[k].image_id, round(run.inspections[k].image_score, 4),
+                 VERDICT_WORDS[run.inspections[k].verdict], len(run.inspections[k].regions),
+                 run.inspections[k].regions[0].location if run.inspections[k].regions else "-"]
+                for n, k in enumerate(order, 1)]
+        entries = [ReportEntry(i, path=p) for i, p in zip(run.inspections, run.paths)]
+        written = write_report(entries, run_folder, "batch-report", ("html", "pdf"), run.failures,
+                               settings_of(self.inspector.config), options=ReportOptions(details=10),
+                               thresholds=run.thresholds)
         failures = "\n".join(f"- `{Path(f['path']).name}`: {f['error'].split(': ', 1)[-1]}" for f in run.failures)
-        summary = (f"**{len(run.inspections)}** inspected: **{sum(i.label for i in run.inspections)}** FAIL, "
-                   f"**{sum(1 - i.label for i in run.inspections)}** PASS, {len(run.failures)} unreadable"
+        counts = count_verdicts([i.verdict for i in run.inspections])
+        kinds = [f.get("kind") for f in run.failures]
+        summary = (f"**{len(run.inspections)}** inspected: **{counts['fail']}** FAIL, **{counts['review']}** REVIEW, "
+                   f"**{counts['pass']}** PASS; {kinds.count('unreadable')} unreadable, {kinds.count('unscored')} "
+                   f"could not be scored\n\nThresholds: {describe_thresholds(run.thresholds.to_dict())}"
                    + (f"\n\n{failures}" if failures else ""))
         return rows, summary, [str(written["html"]), str(written["pdf"])], session
 
@@ -229,9 +280,13 @@ def build_ui(app: InspectionApp):
                     upload = gr.Image(type="filepath", label="Part photo", height=360, elem_id="upload")
                     references = gr.File(file_count="multiple", file_types=["image"], type="filepath",
                                          label="Known-good reference images (optional)", elem_id="references")
-                    product = gr.Textbox(label="Product name (optional)", placeholder="e.g. bottle")
-                    threshold = gr.Slider(0.05, 0.95, value=app.inspector.config.threshold, step=0.01,
-                                          label="Threshold")
+                    product = gr.Dropdown(app.products(), value=NO_PRODUCT, elem_id="product", allow_custom_value=True,
+                                          label="Product (a saved one, or a name to remember these references by)")
+                    with gr.Row():
+                        automatic = gr.Checkbox(value=app.inspector.config.verdicts.threshold is None,
+                                                label="Calibrated thresholds", elem_id="automatic")
+                        threshold = gr.Slider(0.05, 0.95, value=app.inspector.config.verdicts.threshold or 0.5,
+                                              step=0.01, label="Fixed FAIL threshold")
                     inspect_button = gr.Button("Inspect", variant="primary", elem_id="inspect")
                 with gr.Column(scale=1):
                     heatmap = gr.Image(type="pil", label="Anomaly heatmap and regions", interactive=False,
@@ -246,7 +301,14 @@ def build_ui(app: InspectionApp):
             with gr.Row():
                 report_button = gr.Button("Download report (HTML, PDF)", elem_id="report")
                 report_files = gr.File(label="Report", file_count="multiple", interactive=False)
-            inspect_button.click(_guarded(app.inspect), [upload, references, product, threshold, session],
+            with gr.Accordion("Save the references as a product", open=False):
+                with gr.Row():
+                    product_name = gr.Textbox(label="Product name", placeholder="e.g. bottle-500ml", scale=2)
+                    product_notes = gr.Textbox(label="Notes for the assistant (optional)", scale=3,
+                                               placeholder="normal appearance, known defect kinds")
+                save_button = gr.Button("Save product", elem_id="save-product")
+                saved = gr.Markdown()
+            inspect_button.click(_guarded(app.inspect), [upload, references, product, threshold, automatic, session],
                                  [heatmap, findings, verdict, chatbot, session], api_name="inspect")
             ask = {"fn": _guarded(app.chat), "inputs": [question, session], "outputs": [chatbot, session]}
             ask_button.click(**ask, api_name="ask")
@@ -260,17 +322,26 @@ def build_ui(app: InspectionApp):
             batch_references = gr.File(file_count="multiple", file_types=["image"], type="filepath",
                                        label="Known-good reference images (optional)")
             with gr.Row():
-                batch_product = gr.Textbox(label="Product name (optional)")
-                batch_threshold = gr.Slider(0.05, 0.95, value=app.inspector.config.threshold, step=0.01,
-                                            label="Threshold")
+                batch_product = gr.Dropdown(app.products(), value=NO_PRODUCT, label="Product", allow_custom_value=True)
+                batch_automatic = gr.Checkbox(value=app.inspector.config.verdicts.threshold is None,
+                                              label="Calibrated thresholds")
+                batch_threshold = gr.Slider(0.05, 0.95, value=app.inspector.config.verdicts.threshold or 0.5,
+                                            step=0.01, label="Fixed FAIL threshold")
             batch_button = gr.Button("Inspect batch", variant="primary")
             batch_summary = gr.Markdown()
             batch_table = gr.Dataframe(headers=BATCH_HEADERS, label="Scores, worst first (click a header to sort)",
                                        interactive=False)
             batch_files = gr.File(label="Batch report", file_count="multiple", interactive=False)
             batch_button.click(_guarded(app.inspect_batch),
-                               [batch_uploads, batch_references, batch_product, batch_threshold, session],
+                               [batch_uploads, batch_references, batch_product, batch_threshold, batch_automatic,
+                                session],
                                [batch_table, batch_summary, batch_files, session], api_name="inspect_batch")
+        def save(name: str, uploads, notes: str):
+            message, names = app.save_product(name, uploads, notes)
+            return message, gr.update(choices=names), gr.update(choices=names)
+
+        save_button.click(_guarded(save), [product_name, references, product_notes], [saved, product, batch_product],
+                          api_name="save_product")
     demo.queue(default_concurrency_limit=app.config.concurrency, max_size=app.config.queue_size)
     return demo
 

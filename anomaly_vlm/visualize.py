@@ -37,8 +37,8 @@ def annotate(image: Image.Image, anomaly_map: np.ndarray | None, regions: list, 
     return shown
 
 
-def score_histogram(scores: list[float], threshold: float, size: tuple[int, int] = (640, 260)) -> Image.Image:
-    """Image scores of a batch against the threshold; a gap around the line means a clean separation."""
+def score_histogram(scores: list[float], thresholds: list[float], size: tuple[int, int] = (640, 260)) -> Image.Image:
+    """Image scores of a batch against the FAIL threshold (and the REVIEW one); a gap at a line separates cleanly."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -47,7 +47,8 @@ def score_histogram(scores: list[float], threshold: float, size: tuple[int, int]
     figure, axes = plt.subplots(figsize=(size[0] / 100, size[1] / 100), dpi=100)
     try:
         axes.hist(scores, bins=np.linspace(0, 1, 26), color="#4a7bb7", edgecolor="white")
-        axes.axvline(threshold, color="#c0392b", linestyle="--", label=f"threshold {threshold:.2f}")
+        for threshold, name, colour in zip(thresholds, ("FAIL", "REVIEW"), ("#c0392b", "#d4a017")):
+            axes.axvline(threshold, color=colour, linestyle="--", label=f"{name} at {threshold:.2f}")
         axes.set_xlim(0, 1)
         axes.set_xlabel("image anomaly score")
         axes.set_ylabel("images")

@@ -14,13 +14,14 @@ from anomaly_vlm.io import ImageLimits
 from anomaly_vlm.localizer import ScorerOptions
 from anomaly_vlm.files import safe_stem
 from anomaly_vlm.ui import AppConfig, InspectionApp, Session, launch
+from anomaly_vlm.verdicts import VerdictConfig
 
 from .assistant_models import FindingsAssistant
 
 
 def app_inspector(**limits) -> Inspector:
-    config = InspectorConfig(scorer=ScorerOptions(features="builtin", progress=False), threshold=0.3,
-                             limits=ImageLimits(**limits))
+    config = InspectorConfig(scorer=ScorerOptions(features="builtin", progress=False),
+                             verdicts=VerdictConfig(threshold=0.3), limits=ImageLimits(**limits))
     return Inspector(config, assistant=FindingsAssistant())
 
 
@@ -36,7 +37,7 @@ def test_inspect_chat_and_report_functions(widget):
     app = InspectionApp(app_inspector())
     session = Session()
     shown, rows, verdict, chat, session = app.inspect(str(widget["defective"][0]), widget["references"], "widget",
-                                                      0.3, session)
+                                                      0.3, False, session)
     inspection = session.inspection
     assert shown.size == (64, 64) and chat == [] and len(rows) == len(inspection.regions)
     assert ("FAIL" in verdict) == bool(inspection.label) and f"{inspection.image_score:.2f}" in verdict
@@ -50,16 +51,16 @@ def test_inspect_chat_and_report_functions(widget):
     assert html.endswith(".html") and pdf.endswith(".pdf") and Path(html).parent.is_relative_to(session.folder)
     text = Path(html).read_text()
     assert inspection.regions[0].location in text and history[1]["content"].split(" ")[0] in text
-    again = app.inspect(str(widget["good"][0]), None, "widget", 0.3, session)[-1]
+    again = app.inspect(str(widget["good"][0]), None, "widget", 0.3, False, session)[-1]
     assert again.turns == [] and again.inspection.image_id == safe_stem(widget["good"][0].stem)
 
 
 def test_errors_and_limits_reach_the_user(widget):
     app = InspectionApp(app_inspector(max_pixels=1000))
     with pytest.raises(AnomalyVLMError, match="upload an image"):
-        app.inspect(None, None, "", 0.5, Session())
+        app.inspect(None, None, "", 0.5, True, Session())
     with pytest.raises(AnomalyVLMError, match=r"000\.png: 64x64 pixels is over the limit of 1000"):
-        app.inspect(str(widget["good"][0]), None, "", 0.5, Session())
+        app.inspect(str(widget["good"][0]), None, "", 0.5, True, Session())
     with pytest.raises(AnomalyVLMError, match="inspect an image first"):
         list(InspectionApp(app_inspector()).chat("Where?", Session()))
 
@@ -74,7 +75,7 @@ def test_batch_unpacks_zips_safely_and_ranks_the_images(widget, tmp_path):
     app = InspectionApp(app_inspector())
     session = Session()
     rows, summary, files, session = app.inspect_batch([str(archive), str(widget["good"][3])], widget["references"],
-                                                      "widget", 0.3, session)
+                                                      "widget", 0.3, False, session)
     written = [p for p in session.folder.rglob("*") if p.is_file()]
     assert written and all(p.resolve().is_relative_to(session.folder.resolve()) for p in written)
     assert not list(tmp_path.parent.glob("escape_*")) and not (tmp_path / "escape_0.png").exists()
@@ -83,7 +84,8 @@ def test_batch_unpacks_zips_safely_and_ranks_the_images(widget, tmp_path):
     assert "broken.png" in summary and "1 unreadable" in summary
     assert {Path(f).suffix for f in files} == {".html", ".pdf"}
     with pytest.raises(AnomalyVLMError, match="more than 2 images"):
-        InspectionApp(app_inspector(), AppConfig(max_batch=2)).inspect_batch([str(archive)], None, "", 0.3, Session())
+        InspectionApp(app_inspector(), AppConfig(max_batch=2)).inspect_batch([str(archive)], None, "", 0.3, False,
+                                                                         Session())
 
 
 def _free_port() -> int:
@@ -106,7 +108,7 @@ def test_the_running_app_through_gradio_client(running_app, widget, tmp_path):
     client = Client(running_app, verbose=False, download_files=str(tmp_path))
     heatmap, findings, verdict, chat = client.predict(
         handle_file(str(widget["defective"][1])), [handle_file(p) for p in widget["references"]], "widget", 0.3,
-        api_name="/inspect")
+        False, api_name="/inspect")
     assert Image.open(heatmap).size == (64, 64) and chat == []
     assert "Anomaly score" in verdict and len(findings["data"]) >= 1
     location = findings["data"][0][1]

@@ -14,9 +14,14 @@ def test_score_category_end_to_end(tmp_path, dataset_root, capsys):
     assert main(["score", str(dataset_root / "widget"), "--out", str(out), "--batch-size", "5", *TINY]) == 0
     printed = capsys.readouterr().out
     rows = list(csv.DictReader((out / "scores.csv").open()))
-    assert len(rows) == 12 and set(rows[0]) == {"path", "score", "label", "threshold"}
-    assert all(r["label"] == ("anomalous" if float(r["score"]) >= 0.5 else "normal") for r in rows)
+    assert len(rows) == 12 and set(rows[0]) == {"path", "score", "verdict", "threshold", "review_threshold"}
     results = json.loads((out / "results.json").read_text())
+    thresholds = results["thresholds"]
+    assert thresholds["source"] == "labels" and "F1-max" in thresholds["detail"]    # no references: the labels
+    review = thresholds["review"] if thresholds["review"] is not None else thresholds["fail"]
+    assert all(r["verdict"] == ("fail" if r["score"] >= thresholds["fail"] else
+                                "review" if r["score"] >= review else "pass") for r in results["images"])
+    assert sum(results["counts"].values()) == 12 and "FAIL" in printed
     models = results["models"]
     assert models["backbone"] == "anomaly-vlm-tiny" and models["weights"] == "none"
     assert models["mode"] == "ensemble" and models["prompts"] == "hand-crafted prompt ensemble"
@@ -47,7 +52,8 @@ def test_score_lists_failures_and_continues(tmp_path, capsys):
     assert main(["score", str(folder), "--out", str(out), "--threshold", "0.0", *TINY]) == 1
     assert "broken.png" in capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
-    assert [r["label"] for r in results["images"]] == ["anomalous"]
+    assert [r["verdict"] for r in results["images"]] == ["fail"] and results["thresholds"]["source"] == "fixed"
+    assert results["failures"][0]["kind"] == "unreadable"
     assert results["failures"][0]["path"].endswith("broken.png")
     assert not (out / "metrics.json").exists()
 

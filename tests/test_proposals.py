@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from anomaly_vlm.proposals import (ProposalConfig, inspect_prediction, propose, regions_from_mask, threshold_f1max,
-                                   threshold_from_normals)
+from anomaly_vlm.inspector import build_inspection
+from anomaly_vlm.proposals import ProposalConfig, propose, regions_from_mask
+from anomaly_vlm.verdicts import Thresholds
 from anomaly_vlm.types import Inspection
 
 EXACT = ProposalConfig(min_area_fraction=0.0, merge_distance=0.0, top_k=1000)
@@ -136,49 +137,12 @@ def test_bad_configs_are_refused():
         ProposalConfig(merge_distance=-0.1)
 
 
-def _f1(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:
-    predicted = scores >= threshold
-    tp = np.sum(predicted & (labels == 1))
-    return 2 * tp / (predicted.sum() + labels.sum())
-
-
-def test_f1max_threshold_separates_a_separable_set():
-    scores, labels = np.array([0.1, 0.3, 0.2, 0.7, 0.6]), np.array([0, 0, 0, 1, 1])
-    assert threshold_f1max(scores, labels) == 0.6
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_f1max_threshold_equals_brute_force(seed):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, 200)
-    scores = np.clip(rng.normal(0.4 + 0.2 * labels, 0.15), 0, 1)
-    f1 = {t: _f1(scores, labels, t) for t in np.unique(scores)}
-    best = max(f1.values())
-    threshold = threshold_f1max(scores, labels)
-    assert _f1(scores, labels, threshold) == pytest.approx(best, abs=1e-12)
-    assert threshold in [t for t, v in f1.items() if v >= best - 1e-12]
-
-
-def test_f1max_needs_both_classes_and_binary_labels():
-    with pytest.raises(ValueError, match="both"):
-        threshold_f1max(np.array([0.1, 0.2]), np.array([0, 0]))
-    with pytest.raises(ValueError, match="0 .normal. or 1"):
-        threshold_f1max(np.array([0.1, 0.2]), np.array([0, 2]))
-
-
-def test_threshold_from_normals():
-    assert threshold_from_normals(np.linspace(0, 0.5, 101)) == pytest.approx(0.495)
-    assert threshold_from_normals([0.1, 0.2, 0.3, 0.4], quantile=0.5, margin=0.02) == pytest.approx(0.27)
-    assert threshold_from_normals([0.9, 0.95], margin=0.2) == 1.0
-    with pytest.raises(ValueError, match="at least one"):
-        threshold_from_normals([])
-
-
 MODELS = {"localizer": "tiny-clip", "scorer": {"name": "mutual", "k": 3}}
 
 
 def test_inspection_round_trips_through_json():
-    inspection = inspect_prediction("widget/test/crack/000", _two_blobs(), 0.91, 0.5, MODELS, image_size=(200, 200))
+    inspection = build_inspection("widget/test/crack/000", _two_blobs(), 0.91, Thresholds(0.5), MODELS,
+                                  image_size=(200, 200))
     assert inspection.label == 1 and inspection.image_size == (200, 200)
     # bilinear doubling softens the square's one hot pixel below the disc's 0.8, and each edge crosses 0.5 a pixel in
     assert [r.box for r in inspection.regions] == [(135, 145, 167, 177), (11, 21, 49, 59)]
@@ -197,7 +161,7 @@ def test_a_score_just_below_the_threshold_keeps_its_label_through_json():
 
 
 def test_findings_block_lists_the_regions_and_normal_images_still_show_them():
-    inspection = inspect_prediction("good/001", _two_blobs(), 0.3, 0.5, MODELS)
+    inspection = build_inspection("good/001", _two_blobs(), 0.3, Thresholds(0.5), MODELS)
     assert inspection.label == 0 and inspection.image_size == (100, 100) and len(inspection.regions) == 2
     block = inspection.findings.block()
     assert "(below the threshold 0.50)" in block and "candidate regions: 2" in block

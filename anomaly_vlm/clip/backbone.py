@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from ..digests import file_digest
 from ..errors import UnsupportedModelError, WeightsNotFoundError
 from .weights import ResolvedWeights, resolve_weights
 
@@ -49,7 +50,8 @@ class ClipBackbone(nn.Module):
     open_clip's own resize is bicubic and gives different numbers.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, name: str, source: str, image_size: int | None = None):
+    def __init__(self, model: nn.Module, tokenizer, name: str, source: str, image_size: int | None = None,
+                 weights_digest: str | None = None):
         super().__init__()
         if not hasattr(model, "visual") or not hasattr(model, "token_embedding"):
             raise UnsupportedModelError(f"{name}: only open_clip CLIP models with a built-in text tower are supported")
@@ -60,6 +62,7 @@ class ClipBackbone(nn.Module):
         self.tokenizer = tokenizer
         self.name = name
         self.source = source
+        self.weights_digest = weights_digest or source
         self.patch_size = visual.patch_size[0]
         # The patch grid must tile the input exactly: round to the nearest multiple (518 -> 512 for /16).
         requested = image_size or visual.image_size[0]
@@ -115,7 +118,8 @@ class ClipBackbone(nn.Module):
         return self.tokenizer(texts).to(self.device)
 
     def describe(self) -> dict:
-        return {"backbone": self.name, "weights": self.source, "image_size": self.image_size}
+        return {"backbone": self.name, "weights": self.source, "weights_digest": self.weights_digest,
+                "image_size": self.image_size}
 
 
 def load_backbone(config: BackboneConfig) -> ClipBackbone:
@@ -141,5 +145,6 @@ def load_backbone(config: BackboneConfig) -> ClipBackbone:
             "repo timm/vit_large_patch14_clip_336.openai."
         ) from None
     tokenizer = open_clip.get_tokenizer(resolved.model_name)
-    backbone = ClipBackbone(model, tokenizer, config.name, resolved.source, config.image_size)
+    digest = file_digest(resolved.checkpoint) if resolved.checkpoint and Path(resolved.checkpoint).is_file() else None
+    backbone = ClipBackbone(model, tokenizer, config.name, resolved.source, config.image_size, digest)
     return backbone.to(device=device, dtype=_DTYPES[config.precision])

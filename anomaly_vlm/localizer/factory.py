@@ -19,9 +19,10 @@ from .mutual import MutualConfig, MutualScorer
 from .prompt_learner import PromptEnsemble, PromptLearner
 from .reference import ReferenceConfig, ReferenceScorer
 from .scorer import AnomalyScorer
+from .self_similarity import SelfConfig, SelfScorer
 
 PromptMode = Literal["prompt", "ensemble"]
-ScoreMode = Literal["prompt", "ensemble", "mutual", "reference", "fused"]
+ScoreMode = Literal["prompt", "ensemble", "mutual", "reference", "self", "fused"]
 FeatureChoice = Literal["auto", "builtin", "clip"]
 
 
@@ -77,6 +78,7 @@ class ScorerOptions:
     image_score: ImageScore | None = None
     mutual: MutualConfig = field(default_factory=MutualConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    self_similarity: SelfConfig = field(default_factory=SelfConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     batch_size: int = field(default=8, metadata={"help": "images per forward pass, in every mode"})
     progress: bool = True
@@ -102,7 +104,7 @@ def build_scorer(options: ScorerOptions = ScorerOptions(), references: list[Imag
         raise AnomalyVLMError("reference mode needs normal reference images (--references DIR)")
     localizer, backbone = None, None
     wants_prompts = mode in (None, "prompt", "ensemble", "fused")
-    wants_clip_features = options.features != "builtin" and mode in (None, "mutual", "reference", "fused")
+    wants_clip_features = options.features != "builtin" and mode in (None, "mutual", "reference", "self", "fused")
     if wants_prompts or wants_clip_features:
         try:
             if wants_prompts:
@@ -111,7 +113,7 @@ def build_scorer(options: ScorerOptions = ScorerOptions(), references: list[Imag
                 localizer.batch_size = options.batch_size
                 backbone = localizer.backbone
             else:
-                backbone = load_backbone(BackboneConfig(**{k: v for k, v in options.backbone.items() if v is not None}))
+                backbone = load_backbone(_backbone_config(options))
         except WeightsNotFoundError as exc:
             if mode in ("prompt", "ensemble") or options.features == "clip":
                 raise
@@ -123,6 +125,8 @@ def build_scorer(options: ScorerOptions = ScorerOptions(), references: list[Imag
         mode = "fused" if localizer and references else "prompt" if localizer else "reference" if references else "mutual"
         localizer = localizer if mode in ("fused", "prompt") else None
     parts: list[AnomalyScorer] = [localizer] if localizer is not None and mode in ("prompt", "ensemble", "fused") else []
+    if mode == "self":
+        parts.append(SelfScorer(source, replace(options.self_similarity, batch_size=options.batch_size), options.progress))
     if mode in ("mutual", "fused"):
         parts.append(MutualScorer(source, replace(options.mutual, batch_size=options.batch_size), options.progress))
     if mode in ("reference", "fused") and references:
@@ -130,6 +134,49 @@ def build_scorer(options: ScorerOptions = ScorerOptions(), references: list[Imag
         parts.append(ReferenceScorer(source, config, options.progress).fit(references))
     scorer = parts[0] if len(parts) == 1 else FusedScorer(parts, options.fusion)
     return BuiltScorer(scorer, notices)
+
+
+SELF_NOTICE = ("Scoring each image against its own patches (self mode), the weakest mode: with fewer than {n} "
+               "images and no references there is nothing else to compare with. For better results give a few "
+               "known-good images (--references DIR), a saved product (--product NAME), score 3 or more images of "
+               "the product together, or put the CLIP weights in place (README, 'Model weights').")
+
+
+def needs_whole_set(scorer: AnomalyScorer) -> bool:
+    """Whether the images of a set score each other (mutual scoring): then a set is scored as a whole."""
+    parts = getattr(scorer, "scorers", [scorer])
+    return any(part.mode == "mutual" for part in parts)
+
+
+def for_set(scorer: AnomalyScorer, count: int) -> tuple[AnomalyScorer, str | None]:
+    """The scorer for a set of `count` images, and a notice when it had to change.
+
+    Mutual scoring needs a few images to compare; fewer are scored by the self mode on
+    the same features, so a single photo is still inspected.
+    """
+    if scorer.mode == "mutual" and count < scorer.config.min_images:
+        config = replace(SelfConfig(), batch_size=scorer.config.batch_size)
+        return SelfScorer(scorer.source, config, scorer.progress), SELF_NOTICE.format(n=scorer.config.min_images)
+    return scorer, None
+
+
+def product_source(options: ScorerOptions, banks: list[str]):
+    """The feature source a saved product is scored on: CLIP when asked, or when it has a CLIP bank and weights load."""
+    choice = options.features
+    if choice == "auto" and "clip" in banks:
+        try:
+            return build_feature_source("clip", backbone=load_backbone(_backbone_config(options)))
+        except WeightsNotFoundError:
+            if "builtin" not in banks:
+                raise
+        choice = "builtin"
+    if choice == "clip":
+        return build_feature_source("clip", backbone=load_backbone(_backbone_config(options)))
+    return build_feature_source("builtin")
+
+
+def _backbone_config(options: ScorerOptions) -> BackboneConfig:
+    return BackboneConfig(**{k: v for k, v in options.backbone.items() if v is not None})
 
 
 def _feature_source(choice: FeatureChoice, backbone: ClipBackbone | None):

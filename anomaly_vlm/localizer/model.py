@@ -114,6 +114,7 @@ class Localizer(nn.Module):
             "mode": self.mode,
             **self.backbone.describe(),
             "prompts": self.text.describe(),
+            "prompts_digest": self.text.digest(),
             "layers": list(self.layers),
             "surgery_start": self.surgery_start,
             "image_score": self.config.image_score,

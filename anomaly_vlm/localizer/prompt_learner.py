@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..clip import ClipBackbone, encode_text_prompted
+from ..digests import json_digest, tensors_digest
 from ..prompts import StatePrompts
 from .config import PromptConfig
 
@@ -20,6 +21,10 @@ class StateText(Protocol):
     def text_features(self, backbone: ClipBackbone, object_name: str | None = None) -> torch.Tensor: ...
 
     def describe(self) -> str: ...
+
+    def digest(self) -> str:
+        """A content digest of what the text side holds: two checkpoints never share records."""
+        ...
 
 
 class PromptLearner(nn.Module):
@@ -58,6 +63,9 @@ class PromptLearner(nn.Module):
     def describe(self) -> str:
         return "learned object-agnostic prompts"
 
+    def digest(self) -> str:
+        return tensors_digest(dict(self.named_parameters()))
+
 
 class PromptEnsemble:
     """States x templates averaged per state: zero-shot, nothing to train."""
@@ -81,3 +89,6 @@ class PromptEnsemble:
 
     def describe(self) -> str:
         return "hand-crafted prompt ensemble"
+
+    def digest(self) -> str:
+        return json_digest([self.prompts.normal_states, self.prompts.abnormal_states, self.prompts.templates])

@@ -89,9 +89,9 @@ def test_twenty_sessions_at_once_each_get_their_own_answers(parts, tmp_path):
         try:
             if i == 0:   # one user uploads a broken file; the others' queued requests must not notice
                 with pytest.raises(Exception, match="broken.png"):
-                    client.predict(handle_file(broken), [], "", 0.3, api_name="/inspect")
+                    client.predict(handle_file(broken), [], "", 0.3, False, api_name="/inspect")
             _, findings, verdict, _ = client.predict(handle_file(images[i]), [handle_file(r) for r in references],
-                                                     "part", 0.3, api_name="/inspect")
+                                                     "part", 0.3, False, api_name="/inspect")
             history = client.predict(f"Where is the defect on part {i}?", api_name="/ask")
             reports = client.predict(api_name="/report")
         finally:
@@ -137,6 +137,6 @@ def test_uploads_over_the_size_limit_are_refused(tmp_path):
     try:
         client = Client(f"http://127.0.0.1:{config.port}/", verbose=False)
         with pytest.raises(Exception, match="(?i)(too large|exceeds|maximum)"):
-            client.predict(handle_file(str(big)), [], "", 0.5, api_name="/inspect")
+            client.predict(handle_file(str(big)), [], "", 0.5, False, api_name="/inspect")
     finally:
         demo.close()

@@ -23,7 +23,9 @@ from anomaly_vlm import proposals
 from anomaly_vlm.errors import ImageLoadError
 from anomaly_vlm.io import load_image
 from anomaly_vlm.prompts import prompts_dir
-from anomaly_vlm.proposals import ProposalConfig, inspect_prediction, make_region, propose
+from anomaly_vlm.inspector import build_inspection
+from anomaly_vlm.proposals import ProposalConfig, make_region, propose
+from anomaly_vlm.verdicts import Thresholds
 from anomaly_vlm.report import (SCHEMA_PATH, ReportEntry, ReportOptions, make_figures, render_html, render_markdown,
                                 report_document)
 from anomaly_vlm.types import Inspection
@@ -243,7 +245,7 @@ def test_proposals_are_well_formed(anomaly_map, threshold, config, image_size):
     peaks = [r.peak_score for r in regions]
     assert peaks == sorted(peaks, reverse=True)
 
-    inspection = inspect_prediction("part.png", anomaly_map, 0.5, threshold, {}, image_size, config)
+    inspection = build_inspection("part.png", anomaly_map, 0.5, Thresholds(threshold), {}, image_size, config)
     assert inspection.regions == regions and inspection.image_size == (width, height)
     assert json.loads(json.dumps(inspection.to_dict()))["regions"] == [r.to_dict() for r in regions]
 

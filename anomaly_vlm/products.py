@@ -1,0 +1,307 @@
+"""Product profiles: a part number's recipe (reference banks, thresholds, notes), stored by name.
+
+A product lives in `<home>/products/<NAME>/`: one `bank-<features>.safetensors` per
+feature source (a fitted reference scorer's tensors, its JSON meta in the file's
+metadata) and `profile.json`. Only safetensors and JSON are ever read, never pickles.
+A product folder is built beside its final place and renamed in, so a reader finds a
+whole product or none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import CheckpointError, ProductError
+from .files import FILE_MODE, write_json
+from .localizer.features import FeatureSource
+from .localizer.reference import ReferenceScorer
+
+FORMAT_VERSION = 1
+PROFILE_FILE = "profile.json"
+STATE_KEY = "reference_state"
+NAME_RULE = "1-64 characters of letters, digits, '.', '_' or '-', not starting with '.'"
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+# Folders get execute permission wherever FILE_MODE grants read.
+_FOLDER_MODE = FILE_MODE | (FILE_MODE & 0o444) >> 2
+
+log = logging.getLogger(__name__)
+
+
+def default_home() -> Path:
+    """$ANOMALY_VLM_HOME, else $XDG_DATA_HOME/anomaly_vlm, else ~/.local/share/anomaly_vlm."""
+    if os.environ.get("ANOMALY_VLM_HOME"):
+        return Path(os.environ["ANOMALY_VLM_HOME"]).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    if xdg and Path(xdg).is_absolute():  # the XDG spec says to ignore a relative value
+        return Path(xdg) / "anomaly_vlm"
+    return Path.home() / ".local" / "share" / "anomaly_vlm"
+
+
+def check_name(name: str, what: str = "product name") -> str:
+    """`name` unchanged if valid; names become folder and file names, so the rule keeps them safe."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ProductError(f"invalid {what} {name!r}: use {NAME_RULE}")
+    return name
+
+
+@dataclass
+class ProductProfile:
+    """What `profile.json` holds: enough to show a product and to find its banks."""
+
+    name: str
+    folder: Path
+    features: list[str]  # feature sources with a bank, e.g. ["builtin", "clip"]
+    thresholds: dict  # the caller's calibrated thresholds, stored verbatim
+    reference_digest: str  # ReferenceScorer.references_digest of every bank
+    counts: dict[str, int]  # {"good": ..., "defective": ...}
+    notes: str | None  # read by the assistant
+    created: str  # ISO-8601, UTC
+    good: list[str]  # reference image paths as given, in bank order
+    defective: list[str]
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "folder": str(self.folder)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ProductProfile:
+        return cls(**{**data, "folder": Path(data["folder"])})
+
+
+class ProductStore:
+    """The products under one home folder. Nothing is cached: each call reads the disk."""
+
+    def __init__(self, home: Path | None = None):
+        self.home = Path(home) if home is not None else default_home()
+        self.root = self.home / "products"
+
+    def _folder(self, name: str) -> Path:
+        return self.root / check_name(name)
+
+    def _names(self) -> list[str]:
+        """Names of the folders that look like products (temporaries start with '.', so never match)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if _NAME.fullmatch(p.name) and (p / PROFILE_FILE).is_file())
+
+    def _unknown(self, name: str) -> ProductError:
+        known = ", ".join(self._names()) or "none yet"
+        return ProductError(f"no product {name!r} in {self.root} (known: {known}); add it with `anomaly-vlm product add {name}`")
+
+    def exists(self, name: str) -> bool:
+        return (self._folder(name) / PROFILE_FILE).is_file()
+
+    def add(self, name: str, banks: dict[str, ReferenceScorer], thresholds: dict, good: Sequence[str],
+            defective: Sequence[str] = (), notes: str | None = None, replace: bool = False) -> ProductProfile:
+        """Store fitted reference banks (keyed by feature-source name) and thresholds as product `name`."""
+        folder = self._folder(name)
+        profile = self._profile(name, folder, banks, thresholds, good, defective, notes)
+        if not replace and folder.exists():
+            raise self._exists(name, folder)
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=self.root))
+        try:
+            os.chmod(staging, _FOLDER_MODE)
+            for feature, bank in banks.items():
+                tensors, meta = bank.state()
+                save_file(tensors, str(staging / f"bank-{feature}.safetensors"), metadata={STATE_KEY: json.dumps(meta)})
+            write_json(staging / PROFILE_FILE, profile.to_dict())
+            self._move_in(staging, folder, name, replace)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return profile
+
+    def _profile(self, name: str, folder: Path, banks: dict[str, ReferenceScorer], thresholds: dict,
+                 good: Sequence[str], defective: Sequence[str], notes: str | None) -> ProductProfile:
+        """The profile `add` would write, after checking that banks, paths and thresholds agree."""
+        if not banks:
+            raise ProductError(f"product {name!r}: no reference banks given; fit a ReferenceScorer on its good images first")
+        for feature, bank in banks.items():
+            check_name(feature, "feature source name")
+            if bank.source.name != feature:
+                raise ProductError(f"product {name!r}: the bank filed as {feature!r} uses the {bank.source.name!r} feature source")
+            if bank.num_references != len(good):
+                raise ProductError(f"product {name!r}: the {feature!r} bank holds {bank.num_references} references "
+                                   f"but {len(good)} good image paths were given; pass the images the bank was fitted on")
+        digests = {bank.references_digest for bank in banks.values()}
+        if len(digests) != 1:
+            raise ProductError(f"product {name!r}: the banks were fitted on different reference images; fit all on the same good images")
+        try:
+            json.dumps(thresholds)
+        except (TypeError, ValueError) as exc:
+            raise ProductError(f"product {name!r}: thresholds must be JSON-able ({exc})") from None
+        return ProductProfile(
+            name=name, folder=folder, features=sorted(banks), thresholds=thresholds, reference_digest=digests.pop(),
+            counts={"good": len(good), "defective": len(defective)}, notes=notes,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            good=[str(p) for p in good], defective=[str(p) for p in defective],
+        )
+
+    @staticmethod
+    def _exists(name: str, folder: Path) -> ProductError:
+        return ProductError(f"product {name!r} already exists ({folder}); run `anomaly-vlm product remove {name}` first, "
+                            "or add it with replace (--replace)")
+
+    def _move_in(self, staging: Path, folder: Path, name: str, replace: bool) -> None:
+        """Rename the finished folder into place; on replace, the old one steps aside first and goes after.
+
+        Between the two renames the product is briefly absent, never half-written.
+        """
+        old = folder.with_name(f".{name}.{secrets.token_hex(4)}.old") if replace and folder.exists() else None
+        if old:
+            os.rename(folder, old)
+        try:
+            os.rename(staging, folder)
+        except OSError:
+            if old:
+                os.rename(old, folder)
+            raise self._exists(name, folder) from None  # another writer got there first
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def list(self) -> list[ProductProfile]:
+        """Every readable product, by name; a broken folder is logged and skipped."""
+        profiles = []
+        for name in self._names():
+            try:
+                profiles.append(self.load(name))
+            except ProductError as exc:
+                log.warning("skipping product folder: %s", exc)
+        return profiles
+
+    def load(self, name: str) -> ProductProfile:
+        folder = self._folder(name)
+        path = folder / PROFILE_FILE
+        if not path.is_file():
+            raise self._unknown(name)
+        fix = f"remove it with `anomaly-vlm product remove {name}` and add it again"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ProductError(f"{path}: unreadable product profile ({exc}); {fix}") from None
+        version = data.get("format_version") if isinstance(data, dict) else None
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ProductError(f"{path}: profile format version {version!r} is not one this anomaly_vlm reads (up to {FORMAT_VERSION})")
+        try:
+            profile = ProductProfile.from_dict({**data, "folder": str(folder)})
+        except (KeyError, TypeError) as exc:
+            raise ProductError(f"{path}: malformed product profile ({exc}); {fix}") from None
+        if profile.name != name:
+            raise ProductError(f"{path}: the profile names product {profile.name!r}, not {name!r}; {fix}")
+        return profile
+
+    def remove(self, name: str) -> None:
+        """Delete product `name`; works on a broken folder too. The folder is renamed away before deletion."""
+        folder = self._folder(name)
+        if not folder.is_dir():
+            raise self._unknown(name)
+        trash = folder.with_name(f".{name}.{secrets.token_hex(4)}.removed")
+        os.rename(folder, trash)
+        shutil.rmtree(trash)
+
+    def scorer(self, name: str, source: FeatureSource, progress: bool = True) -> ReferenceScorer:
+        """The product's fitted reference scorer for `source` (its bank for `source.name`)."""
+        profile = self.load(name)
+        if source.name not in profile.features:
+            raise ProductError(
+                f"product {name!r} has no bank for the {source.name!r} feature source (it has: {', '.join(profile.features)}); "
+                f"score with --features {profile.features[0]}, or rebuild the product from its good images with "
+                f"{source.name} features (`anomaly-vlm product add {name} ... --replace`)"
+            )
+        path = profile.folder / f"bank-{source.name}.safetensors"
+        try:
+            with safe_open(str(path), framework="pt") as bank:
+                meta = json.loads((bank.metadata() or {})[STATE_KEY])
+                tensors = {key: bank.get_tensor(key) for key in bank.keys()}
+        except (OSError, SafetensorError, KeyError, json.JSONDecodeError) as exc:
+            raise ProductError(f"{path}: unreadable reference bank ({exc!r}); rebuild the product with `anomaly-vlm product add {name} ... --replace`") from None
+        try:
+            scorer = ReferenceScorer.from_state(source, tensors, meta, progress)
+        except CheckpointError as exc:
+            raise CheckpointError(f"product {name!r} ({path}): {exc}") from None
+        if scorer.references_digest != profile.reference_digest:
+            raise ProductError(f"{path}: this bank was fitted on other references than {PROFILE_FILE} records; rebuild the product")
+        return scorer
+
+
+@dataclass
+class ProductCheck:
+    """How a new product's known images fare at its calibrated thresholds, per feature source."""
+
+    profile: ProductProfile
+    verdicts: dict[str, dict[str, dict[str, int]]]  # feature -> {"good" | "defective": {verdict: count}}
+    failures: list[dict]
+    notices: list[str]
+
+
+def _load_all(paths: Sequence[str], failures: list[dict]) -> tuple[list[str], list]:
+    from .io import ImageLimits, collect_samples, load_samples
+
+    pairs = load_samples(collect_samples(list(paths)), ImageLimits(), failures)
+    return [str(sample.path) for sample, _ in pairs], [image for _, image in pairs]
+
+
+def create_product(store: ProductStore, name: str, good: Sequence[str], defective: Sequence[str] = (),
+                   notes: str | None = None, options=None, verdicts=None, replace: bool = False) -> ProductCheck:
+    """Fit a product's reference banks on its good images and calibrate its thresholds on them.
+
+    Each good image is scored held out of the bank (leave-one-out), so the thresholds
+    stand for new good parts. Known defective images never move the FAIL threshold;
+    they widen the REVIEW band down to the weakest of them (not below the good parts'
+    median), so a known kind of defect is at least sent to a person.
+    """
+    from dataclasses import replace as changed
+
+    from .errors import WeightsNotFoundError
+    from .localizer import ScorerOptions, build_scorer
+    from .verdicts import VerdictConfig, count_verdicts, from_good_scores, held_out_scores
+
+    check_name(name)
+    options, verdicts = options or ScorerOptions(progress=False), verdicts or VerdictConfig()
+    failures: list[dict] = []
+    good_paths, good_images = _load_all(good, failures)
+    defective_paths, defective_images = _load_all(defective, failures) if defective else ([], [])
+    if len(good_images) < 2:
+        raise ProductError(f"product {name!r}: needs at least 2 readable good images to calibrate on, got "
+                           f"{len(good_images)}")
+    features = [options.features] if options.features != "auto" else ["builtin", "clip"]
+    banks, thresholds, counts, notices = {}, {}, {}, []
+    for feature in features:
+        try:
+            scorer = build_scorer(changed(options, mode="reference", features=feature), good_images).scorer
+        except WeightsNotFoundError as exc:
+            if options.features == "clip":
+                raise
+            notices.append(f"no CLIP bank: {str(exc).splitlines()[0]}")
+            continue
+        held_out = held_out_scores(scorer, good_images)
+        what = f"{len(good_images)} good images' leave-one-out scores"
+        calibrated = from_good_scores(held_out, verdicts, "product", what)
+        defective_scores = scorer.score(defective_images).image_score if defective_images else np.empty(0)
+        if defective_scores.size:
+            review = min(max(min(calibrated.review, float(defective_scores.min())), float(np.median(held_out))),
+                         calibrated.fail)
+            if review < calibrated.review:
+                calibrated = changed(calibrated, review=review, detail=f"{calibrated.detail}; REVIEW widened to the "
+                                                                       f"weakest of {len(defective_scores)} known defects")
+        banks[feature], thresholds[feature] = scorer, calibrated.to_dict()
+        counts[feature] = {"good": count_verdicts([calibrated.verdict(s) for s in held_out])}
+        if defective_scores.size:
+            counts[feature]["defective"] = count_verdicts([calibrated.verdict(s) for s in defective_scores])
+    profile = store.add(name, banks, thresholds, good_paths, defective_paths, notes, replace)
+    return ProductCheck(profile, counts, failures, notices)
