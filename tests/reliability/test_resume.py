@@ -64,7 +64,7 @@ def test_score_resumes_without_rescoring_finished_images(photos, tmp_path):
     out = tmp_path / "killed"
     killed = _kill_when(args + ["--out", str(out)], lambda: len(list((out / "records").glob("*.json"))) >= 1)
     before = _snapshot(out / "records", "*.json")
-    assert before and all(json.loads(p.read_text())["record"] for p in (out / "records").glob("*.json"))
+    assert before and all(json.loads(p.read_text())["fingerprint"] for p in (out / "records").glob("*.json"))
     assert main(args + ["--out", str(out)]) == 0
     assert not list(out.rglob("*.tmp"))
     after = _snapshot(out / "records", "*.json")
@@ -73,6 +73,7 @@ def test_score_resumes_without_rescoring_finished_images(photos, tmp_path):
     resumed = json.loads((out / "results.json").read_text())["images"]
     fresh = json.loads((tmp_path / "fresh" / "results.json").read_text())["images"]
     assert [r["path"] for r in resumed] == [r["path"] for r in fresh]
+    assert sum(r["reused"] for r in resumed) == len(before)
     assert np.allclose([r["score"] for r in resumed], [r["score"] for r in fresh], atol=1e-6)
     if killed:
         assert len(before) < 40
