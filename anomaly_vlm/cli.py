@@ -190,8 +190,13 @@ def _inspector(args: argparse.Namespace, progress: bool = False):
     from .cli_options import assistant_options, generation_settings, scorer_options, verdict_config
     from .inspector import Inspector, InspectorConfig
 
+    from .cli_options import configured
+    from .engine import EngineConfig
+    from .ray_engine import RayConfig
+
     config = InspectorConfig(scorer=scorer_options(args, progress), verdicts=verdict_config(args),
-                             assistant=assistant_options(args), generation=generation_settings(args))
+                             assistant=assistant_options(args), generation=generation_settings(args),
+                             engine=configured(args, EngineConfig), ray=configured(args, RayConfig))
     if getattr(args, "max_pixels", None):
         config = replace(config, limits=replace(config.limits, max_pixels=args.max_pixels))
     return Inspector(config)
@@ -341,7 +346,7 @@ def _inspecting(parser: argparse.ArgumentParser, max_new_tokens: int | None = No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli_options import ASSISTANT, BACKBONE, LANGUAGE_MODEL, LOCALIZER, InputOptions, add_options
+    from .cli_options import ASSISTANT, BACKBONE, ENGINE, LANGUAGE_MODEL, LOCALIZER, InputOptions, add_options
     from .products import NAME_RULE
 
     parser = argparse.ArgumentParser(prog="anomaly-vlm", description="Industrial anomaly inspection with CLIP and LLMs.")
@@ -352,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--out", required=True, type=Path, help="output folder; a re-run reuses its records")
     score.add_argument("--no-maps", action="store_true", help="skip heatmap overlays")
     _inspecting(score, assistant=False)
+    add_options(score.add_argument_group("engine"), ENGINE)
     score.set_defaults(func=cmd_score)
 
     train = commands.add_parser("train-prompts", help="learn object-agnostic prompts on an auxiliary dataset")
@@ -431,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--details", type=int, default=10, help="images shown in full in the batch report")
     report.add_argument("--max-pixels", type=int, help="refuse images with more pixels than this")
     _inspecting(report, max_new_tokens=160)
+    add_options(report.add_argument_group("engine"), ENGINE)
     report.set_defaults(func=cmd_report)
 
     app = commands.add_parser("app", help="the Gradio inspection app")

@@ -17,6 +17,8 @@ from typing import Any, Callable, Literal, Union
 from .assistant.backends import AssistantOptions, GenerationSettings
 from .clip import BackboneConfig
 from .localizer import DEFAULT_WEIGHTS, FusionConfig, LocalizerConfig, ScorerOptions
+from .engine import EngineConfig
+from .ray_engine import RayConfig
 from .verdicts import VerdictConfig
 
 
@@ -146,6 +148,10 @@ LOCALIZER = [Option(ScorerOptions, "mode"), *BACKBONE, Option(ScorerOptions, "pr
              Option(VerdictConfig, "threshold", parse=threshold_value),
              Option(VerdictConfig, "review_threshold", parse=float), Option(VerdictConfig, "false_alarm_rate"),
              Option(VerdictConfig, "review_rate")]
+
+ENGINE = [Option(EngineConfig, "engine"), Option(RayConfig, "address", "--ray-address"),
+          Option(RayConfig, "actors", "--ray-actors"), Option(RayConfig, "gpus_per_actor", "--ray-gpus")]
+"""Where batch scoring runs: this process, or a Ray cluster."""
 
 ASSISTANT = [Option(AssistantOptions, "backend"), Option(AssistantOptions, "model"),
              Option(AssistantOptions, "adapter"),

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import Literal
+from collections.abc import Iterator
 from itertools import groupby
 
 import numpy as np
@@ -27,6 +29,14 @@ from .types import Sample
 
 CHUNK = 16
 """Images scored together when each image's score stands alone."""
+
+
+@dataclass
+class EngineConfig:
+    """Where scoring runs."""
+
+    engine: Literal["local", "ray"] = field(default="local", metadata={
+        "help": "local: this process; ray: a Ray cluster's actor pool, for archives (pip install -e '.[ray]')"})
 
 
 def scorer_settings(scorer: AnomalyScorer) -> dict:
@@ -79,9 +89,12 @@ def failure(path, error: str, kind: str) -> dict:
 
 
 class Engine:
+    """Digests, fingerprints and records here; the scoring itself in a backend (this process, or Ray)."""
+
     def __init__(self, scorer: AnomalyScorer, limits: ImageLimits = ImageLimits(), progress: bool = True,
-                 chunk: int = CHUNK):
+                 chunk: int = CHUNK, backend=None):
         self.scorer, self.limits, self.progress, self.chunk = scorer, limits, progress, chunk
+        self.backend = backend or LocalBackend(limits, chunk)
         self.notices: list[str] = []
 
     def _for_set(self, count: int) -> AnomalyScorer:
@@ -140,31 +153,57 @@ class Engine:
                 done[id(sample)] = ScoredImage(sample, record, anomaly_map, True, loaded.get(id(sample)))
                 bar.update()
         todo = [s for s in group if stored[id(s)] is None]
-        step = len(todo) if whole else self.chunk
+        models, produced = scorer.describe(), 0
+        for row in self.backend.score(scorer, todo, product, loaded if whole else None, failures):
+            record = ImageRecord(prints[id(row.sample)], str(row.sample.path), digests[id(row.sample)], row.score,
+                                 row.image_size, row.scores, row.modes, models)
+            if store:
+                store.put(record, row.anomaly_map)
+            done[id(row.sample)] = ScoredImage(row.sample, record, row.anomaly_map, False, row.image)
+            produced += 1
+            bar.update()
+        bar.update(len(todo) - produced)
+
+
+@dataclass
+class Row:
+    """One image as a backend scored it: the prediction's row, the image's size, and the image when kept."""
+
+    sample: Sample
+    score: float
+    anomaly_map: np.ndarray
+    scores: dict[str, float]
+    modes: tuple[str, ...]
+    image_size: tuple[int, int]
+    image: Image.Image | None = None
+
+
+def prediction_rows(samples: list[Sample], images: list[Image.Image], prediction: Prediction,
+                    keep_images: bool = True) -> Iterator[Row]:
+    for i, (sample, image) in enumerate(zip(samples, images)):
+        yield Row(sample, float(prediction.image_score[i]), prediction.anomaly_map[i].astype(np.float32),
+                  {name: float(values[i]) for name, values in prediction.scores.items()}, tuple(prediction.modes),
+                  image.size, image if keep_images else None)
+
+
+class LocalBackend:
+    """Scores in this process: a whole set at once when its images score each other, else in chunks."""
+
+    def __init__(self, limits: ImageLimits = ImageLimits(), chunk: int = CHUNK):
+        self.limits, self.chunk = limits, chunk
+
+    def score(self, scorer: AnomalyScorer, todo: list[Sample], product: str | None,
+              loaded: dict[int, Image.Image] | None, failures: list[dict]) -> Iterator[Row]:
+        step = len(todo) if loaded is not None else self.chunk
         for start in range(0, len(todo), max(step, 1)):
             chunk = todo[start: start + step]
-            if whole:
-                pairs = [(s, loaded[id(s)]) for s in chunk]
-            else:
-                pairs = load_samples(chunk, self.limits, failures)
-                bar.update(len(chunk) - len(pairs))
+            pairs = [(s, loaded[id(s)]) for s in chunk] if loaded is not None else load_samples(chunk, self.limits,
+                                                                                              failures)
             if not pairs:
                 continue
             try:
                 prediction = scorer.score([image for _, image in pairs], object_name=product)
             except AnomalyVLMError as exc:
                 failures.extend(failure(s.path, f"{s.path}: could not be scored: {exc}", "unscored") for s, _ in pairs)
-                bar.update(len(pairs))
                 continue
-            models = scorer.describe()
-            for i, (sample, image) in enumerate(pairs):
-                record = ImageRecord(prints[id(sample)], str(sample.path), digests[id(sample)],
-                                     float(prediction.image_score[i]), image.size,
-                                     {name: float(values[i]) for name, values in prediction.scores.items()},
-                                     tuple(prediction.modes), models)
-                if store:
-                    store.put(record, prediction.anomaly_map[i])
-                done[id(sample)] = ScoredImage(sample, record, prediction.anomaly_map[i].astype(np.float32), False,
-                                               image)
-                bar.update()
-
+            yield from prediction_rows([s for s, _ in pairs], [image for _, image in pairs], prediction)

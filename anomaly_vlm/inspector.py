@@ -19,7 +19,7 @@ from PIL import Image
 from .assistant.backends import Assistant, AssistantOptions, GenerationSettings, build_assistant
 from .assistant.dialogue import Dialogue, Turn
 from .digests import images_digest
-from .engine import Engine, EngineRun, ScoredImage
+from .engine import Engine, EngineConfig, EngineRun, ScoredImage
 from .files import sweep_temporaries
 from .io import ImageLimits, collect_samples, load_image
 from .localizer import AnomalyScorer, ScorerOptions, build_scorer
@@ -27,6 +27,7 @@ from .localizer.factory import product_source
 from .products import ProductProfile, ProductStore
 from .prompts import load_yaml
 from .proposals import ProposalConfig, propose
+from .ray_engine import RayBackend, RayConfig
 from .records import RecordStore
 from .types import Inspection, Sample
 from .verdicts import (Thresholds, VerdictConfig, default_thresholds, fixed_thresholds, from_good_scores,
@@ -41,6 +42,8 @@ class InspectorConfig:
     assistant: AssistantOptions = field(default_factory=AssistantOptions)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     limits: ImageLimits = field(default_factory=ImageLimits)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     max_references: int = field(default=16, metadata={"help": "reference images kept per product, first ones first"})
     cached_products: int = field(default=8, metadata={"help": "fitted reference scorers kept, least recently used "
                                                                "dropped first"})
@@ -109,6 +112,7 @@ class Inspector:
         self._names: dict[str, str] = {}                          # product name -> key in _fitted
         self.notices: list[str] = []
         self._lock = threading.RLock()
+        self._backend = None
 
     @property
     def assistant(self) -> Assistant:
@@ -212,6 +216,12 @@ class Inspector:
                                  models, pictures[i].size, self.config.proposals, pictures[i], notes)
                 for i in range(len(pictures))]
 
+    def _batch_backend(self):
+        """None (this process) or, with `engine='ray'`, one Ray backend for the Inspector's life."""
+        if self.config.engine.engine == "ray" and self._backend is None:
+            self._backend = RayBackend(self.config.ray, self.config.limits)
+        return self._backend
+
     def _verdicts(self, threshold: float | None) -> VerdictConfig:
         if threshold is None:
             return self.config.verdicts
@@ -257,7 +267,7 @@ class Inspector:
         in memory: `inspection.image` is None, and reports read the file again.
         """
         fitted = self._fit(category or product, references, product)
-        engine = Engine(fitted.scorer, self.config.limits, progress)
+        engine = Engine(fitted.scorer, self.config.limits, progress, backend=self._batch_backend())
         store = RecordStore(Path(out) / "records") if out else None
         if out:
             sweep_temporaries(out)

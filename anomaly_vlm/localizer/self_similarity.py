@@ -1,13 +1,14 @@
 """Self scoring (one image, nothing else): each patch against the rest of its own image.
 
-When there are no weights, no references and too few images to compare, the only
-normal evidence is the image itself: a part repeats its own structure (a texture,
-a rim, the two sides of a symmetric part) while a defect is local and unique. So a
-patch is scored by its distance to the closest patch of the same image outside its
-own neighbourhood (otherwise a defect a few patches wide would match itself), and
-of the image's flips outside the mirrored neighbourhood (a flipped copy near its
-axis is the patch itself). This is the weakest mode: a defect that repeats, or a
-part with no repeated structure, defeats it.
+With no weights, no references and too few images to compare, the only evidence of
+normal is the image itself: a part repeats its own structure (a texture, a rim, the
+two sides of a symmetric part) while a defect is local and rare. So a patch is scored
+by its distance to the closest patch of the same image, and of its flipped and
+rotated copies, outside its own window carried onto each copy: otherwise a defect a
+few patches wide, or its copy near an axis or the centre, would match itself. Channels
+are standardized on the image alone, as no other image sets their scale. This is the
+weakest mode: a defect that repeats, or a part with no repeated structure, defeats it,
+and its z scale differs from product to product.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from .scorer import Prediction, z_to_unit
 
 @dataclass
 class SelfConfig(DistanceMapConfig):
-    midpoint: float = field(default=7.0, metadata={"help": "z scored 0.5 (F1-best on MVTec bottle test, one image at a time, built-in features)"})
-    radius: int = field(default=2, metadata={"help": "patches excluded on each side of a patch (beyond its neighbourhood's half-width), so a defect cannot match itself"})
-    augmentations: tuple[str, ...] = field(default=("hflip", "vflip"), metadata={"help": f"copies whose patches are extra candidates, outside the window carried onto them: {', '.join(AUGMENTATIONS)}"})
-    chunk: int = field(default=1024, metadata={"help": "query patches per distance block (bounds memory to chunk x candidates)"})
+    """Defaults measured by benchmarks/self_mode.py; z scales differ by product, so the midpoint transfers poorly."""
+
+    midpoint: float = field(default=4.8, metadata={"help": "z scored 0.5 (exceeded by 5% of MVTec bottle train/good images)"})
+    radius: int = field(default=2, metadata={"help": "patches excluded on each side beyond the neighbourhood's half-width (2..4 tie on MVTec bottle)"})
+    augmentations: tuple[str, ...] = field(default=("hflip", "vflip", "rot90"), metadata={"help": f"copies searched too: {', '.join(AUGMENTATIONS)} (rot90 helps on MVTec bottle)"})
+    chunk: int = field(default=1024, metadata={"help": "query patches per distance block (bounds memory)"})
 
 
 class SelfScorer:
@@ -47,6 +50,7 @@ class SelfScorer:
         self.source = source
         self.config = config
         self.progress = progress
+        self._near: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def variant_features(self, images: list[Image.Image]) -> Iterator[torch.Tensor]:
         """Per image, in order: features (1 + augmentations, C, h, w) of it and its copies, standardized on them alone.
@@ -61,20 +65,31 @@ class SelfScorer:
             for one in features.view(len(tensors), variants.shape[1], *features.shape[1:]):
                 yield Standardizer(one, self.source.standardize)(one)
 
-    def _sources(self, h: int, w: int) -> torch.Tensor:
-        """For every candidate patch (identity first, then each copy), its position in the original grid."""
-        index = torch.arange(h * w).view(h, w)
-        return torch.cat([index.flatten()] + [AUGMENTATIONS[name](index).flatten() for name in self.config.augmentations])
-
     def reach(self, size: int) -> int:
         """Patches excluded on each side at one neighbourhood size: the radius plus the averaging's own half-width."""
         return self.config.radius + size // 2
 
+    def excluded(self, h: int, w: int, reach: int, start: int, stop: int) -> torch.Tensor:
+        """(stop - start, candidates): True where a candidate comes from within `reach` patches of query patch start..stop.
+
+        Candidates are the image's patches, then each copy's, each placed where it came
+        from. Kept per grid as row and column tables (h or w by candidates), so a block's
+        mask is two lookups.
+        """
+        key = (h, w, reach)
+        if key not in self._near:
+            index = torch.arange(h * w).view(h, w)
+            sources = torch.cat([index.flatten()] + [AUGMENTATIONS[name](index).flatten() for name in self.config.augmentations])
+            near_rows = (torch.arange(h).unsqueeze(1) - sources // w).abs().le(reach)
+            near_cols = (torch.arange(w).unsqueeze(1) - sources % w).abs().le(reach)
+            self._near[key] = near_rows, near_cols
+        near_rows, near_cols = self._near[key]
+        queries = torch.arange(start, stop)
+        return near_rows[queries // w] & near_cols[queries % w]
+
     def patch_scores(self, variants: torch.Tensor) -> torch.Tensor:
         """One image's self scores (h, w): per neighbourhood size in robust z units, averaged."""
         h, w = variants.shape[2:]
-        sources = self._sources(h, w)
-        rows, cols = sources // w, sources % w
         total = torch.zeros(h * w)
         for size in self.config.neighbourhoods:
             reach = self.reach(size)
@@ -84,9 +99,8 @@ class SelfScorer:
             scores = torch.empty(h * w)
             for start in range(0, h * w, self.config.chunk):
                 q = query[start : start + self.config.chunk]
-                positions = torch.arange(start, start + len(q))
-                excluded = ((positions // w).unsqueeze(1) - rows).abs().le(reach) & ((positions % w).unsqueeze(1) - cols).abs().le(reach)
-                d = torch.addmm(bank_norms.unsqueeze(0), q, bank.T, alpha=-2).masked_fill_(excluded, float("inf"))
+                d = torch.addmm(bank_norms.unsqueeze(0), q, bank.T, alpha=-2)
+                d.masked_fill_(self.excluded(h, w, reach, start, start + len(q)), float("inf"))
                 scores[start : start + len(q)] = (d.amin(dim=1) + (q * q).sum(dim=1)).clamp_min(0).sqrt()
             if not torch.isfinite(scores).all():
                 raise AnomalyVLMError(
