@@ -290,7 +290,8 @@ def cmd_product_add(args: argparse.Namespace) -> int:
     from .verdicts import describe_thresholds
 
     notes = args.notes.read_text(encoding="utf-8").strip() if args.notes else None
-    check = create_product(ProductStore(), args.name, args.good, args.defective, notes, scorer_options(args, False),
+    store = ProductStore()
+    check = create_product(store, args.name, args.good, args.defective, notes, scorer_options(args, False),
                            verdict_config(args), args.replace)
     _print_notices(check.notices)
     _print_failures(check.failures)
@@ -302,7 +303,28 @@ def cmd_product_add(args: argparse.Namespace) -> int:
         for kind, verdicts in counts.items():
             what = "good images (held out)" if kind == "good" else "known defective images"
             print(f"    {what}: " + ", ".join(f"{v} {k.upper()}" for k, v in verdicts.items()))
+    if args.learn:
+        _learn(args, store)
     return 1 if check.failures else 0
+
+
+def _learn(args: argparse.Namespace, store) -> None:
+    from .cli_options import configured, verdict_config
+    from .localizer.learned import LearnConfig
+    from .products import LEARNED_KEY, learn_product_profile
+    from .verdicts import describe_thresholds
+
+    profile = learn_product_profile(store, args.name, configured(args, LearnConfig), verdict_config(args))
+    print(f"learned localizer for {profile.name}: {profile.learned['model']}, working size "
+          f"{'x'.join(map(str, profile.learned['working_size']))}")
+    print(f"  fused with reference scoring: {describe_thresholds(profile.thresholds[LEARNED_KEY])}")
+
+
+def cmd_product_learn(args: argparse.Namespace) -> int:
+    from .products import ProductStore
+
+    _learn(args, ProductStore())
+    return 0
 
 
 def cmd_product_list(args: argparse.Namespace) -> int:
@@ -335,6 +357,34 @@ def cmd_product_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_mmad(args: argparse.Namespace) -> int:
+    from .assistant.backends import describe_assistant
+    from .assistant.mmad import METRICS_FILE, MMADOptions, evaluate_mmad, read_mmad
+    from .cli_options import configured, input_options
+    from .localizer import describe_models
+
+    entries = read_mmad(args.data)
+    shots = input_options(args).shots
+    options = configured(args, MMADOptions, **({"shots": shots} if shots is not None else {}))
+    inspector = _inspector(args)
+    references, product = _inputs(args)
+    run = evaluate_mmad(inspector, entries, args.root, args.out, options, references, product, data=args.data)
+    _print_notices(inspector.notices)
+    if run.metrics.get("assistant"):
+        print(f"assistant: {describe_assistant(run.metrics['assistant'])}")
+    if run.metrics.get("localizer"):
+        print(f"localizer: {describe_models(run.metrics['localizer'])}")
+    print(f"{run.scores.counts['images']} images, {run.scores.counts['questions']} questions "
+          f"({run.answered} images answered now, {run.reused} from earlier runs)")
+    print(run.scores.table())
+    print(f"answers and metrics -> {Path(args.out) / METRICS_FILE}")
+    if run.failures:
+        print(f"{len(run.failures)} images could not be read; their "
+              f"{sum(f['questions'] for f in run.failures)} questions were not asked (see above)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _inspecting(parser: argparse.ArgumentParser, max_new_tokens: int | None = None, assistant: bool = True) -> None:
     """The localizer options every inspecting command takes, and the assistant's where one answers."""
     from .cli_options import ASSISTANT, LOCALIZER, add_options
@@ -346,7 +396,9 @@ def _inspecting(parser: argparse.ArgumentParser, max_new_tokens: int | None = No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli_options import ASSISTANT, BACKBONE, ENGINE, LANGUAGE_MODEL, LOCALIZER, InputOptions, add_options
+    from .cli_options import (ASSISTANT, BACKBONE, ENGINE, LANGUAGE_MODEL, LEARNING, LOCALIZER, InputOptions,
+                              add_options)
+    from .verdicts import VerdictConfig
     from .products import NAME_RULE
 
     parser = argparse.ArgumentParser(prog="anomaly-vlm", description="Industrial anomaly inspection with CLIP and LLMs.")
@@ -449,6 +501,23 @@ def build_parser() -> argparse.ArgumentParser:
     _inspecting(app)
     app.set_defaults(func=cmd_app)
 
+    mmad = commands.add_parser("eval-mmad", help="answer MMAD's multiple-choice questions and score them as MMAD does",
+                               description="MMAD protocol (github jam-cc/MMAD): each image is inspected with its first "
+                                           "--shots N normal templates (default 1) as references, each question asked "
+                                           "on its own; accuracy per question type with chance levels.")
+    mmad.add_argument("--data", required=True, type=Path, help="an MMAD question file (mmad.json format)")
+    mmad.add_argument("--root", required=True, type=Path, help="folder the file's image paths are relative to")
+    mmad.add_argument("--out", required=True, type=Path, help="output folder (answers.jsonl, metrics.json); a "
+                                                              "re-run asks only the images not answered yet")
+    from .assistant.mmad import MMADOptions
+    from .cli_options import Option
+
+    add_options(mmad.add_argument_group("MMAD"), [Option(MMADOptions, "templates"),
+                                                   Option(MMADOptions, "max_images"),
+                                                   Option(MMADOptions, "prompts", "--question-prompts")])
+    _inspecting(mmad, max_new_tokens=32)
+    mmad.set_defaults(func=cmd_eval_mmad)
+
     product = commands.add_parser("product", help="saved product profiles: known-good references, thresholds, notes")
     actions = product.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="save a product from its known-good images (and known defective ones)")
@@ -459,8 +528,16 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--notes", type=Path, help="text file: normal appearance, known defect kinds (the assistant "
                                                 "reads it)")
     add.add_argument("--replace", action="store_true", help="overwrite a product of that name")
+    add.add_argument("--learn", action="store_true", help="also train the product's own localizer (see `product learn`)")
     add_options(add.add_argument_group("localizer"), [o for o in LOCALIZER if o.config is not InputOptions])
+    add_options(add.add_argument_group("learning"), LEARNING)
     add.set_defaults(func=cmd_product_add)
+    learn = actions.add_parser("learn", help="train a saved product's own localizer on its good images, with "
+                                             "simulated defects; resumes after a kill")
+    learn.add_argument("name")
+    add_options(learn.add_argument_group("learning"), LEARNING)
+    add_options(learn.add_argument_group("verdicts"), [o for o in LOCALIZER if o.config is VerdictConfig])
+    learn.set_defaults(func=cmd_product_learn)
     listing = actions.add_parser("list", help="the saved products")
     listing.set_defaults(func=cmd_product_list)
     show = actions.add_parser("show", help="one product's profile")

@@ -18,6 +18,7 @@ from .assistant.backends import AssistantOptions, GenerationSettings
 from .clip import BackboneConfig
 from .localizer import DEFAULT_WEIGHTS, FusionConfig, LocalizerConfig, ScorerOptions
 from .engine import EngineConfig
+from .localizer.learned import LearnConfig
 from .ray_engine import RayConfig
 from .verdicts import VerdictConfig
 
@@ -79,6 +80,8 @@ def add_options(parser: argparse._ActionsContainer, options: list[Option], **def
             kwargs.update(nargs="+", type=item_type if item_type in (int, float) else str)
         elif hint in (int, float, str):
             kwargs["type"] = hint
+        if "action" not in kwargs and "choices" not in kwargs:
+            kwargs["metavar"] = option.name.upper()
         parser.add_argument(option.flag or f"--{option.name.replace('_', '-')}", **kwargs)
 
 
@@ -152,6 +155,10 @@ LOCALIZER = [Option(ScorerOptions, "mode"), *BACKBONE, Option(ScorerOptions, "pr
 ENGINE = [Option(EngineConfig, "engine"), Option(RayConfig, "address", "--ray-address"),
           Option(RayConfig, "actors", "--ray-actors"), Option(RayConfig, "gpus_per_actor", "--ray-gpus")]
 """Where batch scoring runs: this process, or a Ray cluster."""
+
+LEARNING = [Option(LearnConfig, name, f"--learn-{name.replace('_', '-')}")
+            for name in ("steps", "image_size", "content", "seed", "holdout", "threads")]
+"""Learning a product's own localizer (the rest of LearnConfig keeps its defaults)."""
 
 ASSISTANT = [Option(AssistantOptions, "backend"), Option(AssistantOptions, "model"),
              Option(AssistantOptions, "adapter"),

@@ -24,7 +24,9 @@ from .files import sweep_temporaries
 from .io import ImageLimits, collect_samples, load_image
 from .localizer import AnomalyScorer, ScorerOptions, build_scorer
 from .localizer.factory import product_source
-from .products import ProductProfile, ProductStore
+from .localizer import FusedScorer
+from .localizer.learned import LearnedScorer
+from .products import LEARNED_KEY, ProductProfile, ProductStore
 from .prompts import load_yaml
 from .proposals import ProposalConfig, propose
 from .ray_engine import RayBackend, RayConfig
@@ -74,10 +76,18 @@ def build_inspection(image_id: str, anomaly_map: np.ndarray, image_score: float,
     Regions are proposed at the lowest threshold whatever the verdict, so a part sent
     to review, or one that passed, still shows any spot worth a look; `image_size`
     defaults to the map's size, the size the boxes are then in pixels of.
+
+    With the image at hand, each region carries its measured look (`attributes`): its
+    mask is the map, resized to the image, at or above the threshold inside its box.
+    Without it (batch runs keep no images) the regions have no attributes.
     """
     regions = propose(anomaly_map, thresholds.lowest, config, image_size)
     map_height, map_width = np.shape(anomaly_map)
     size = tuple(image_size) if image_size else (map_width, map_height)
+    if image is not None:
+        from .proposals import with_attributes
+
+        regions = with_attributes(regions, image, anomaly_map, thresholds.lowest, size)
     return Inspection(image_id, float(image_score), thresholds.fail, regions, models, size, image=image,
                       anomaly_map=np.asarray(anomaly_map, dtype=np.float32), review_threshold=thresholds.review,
                       threshold_source=thresholds.source, notes=notes)
@@ -89,6 +99,7 @@ class _Fitted:
     references: list[Image.Image] = field(default_factory=list)
     profile: ProductProfile | None = None
     held_out: np.ndarray | None = None
+    stored: Thresholds | None = None
 
 
 class Inspector:
@@ -126,9 +137,7 @@ class Inspector:
             if product:
                 key = f"product:{product}"
                 if key not in self._fitted:
-                    profile = self.products.load(product)
-                    source = product_source(self.config.scorer, profile.features)
-                    self._remember(key, _Fitted(self.products.scorer(product, source), profile=profile))
+                    self._remember(key, self._product(product))
                 return self._touch(key, category)
             if references:
                 references = references[: self.config.max_references]
@@ -141,6 +150,18 @@ class Inspector:
             if self._default is None:
                 self._default = _Fitted(self._build(None))
             return self._default
+
+    def _product(self, name: str) -> _Fitted:
+        """A saved product's scorer: its reference bank, fused with its learned localizer when it has one."""
+        profile = self.products.load(name)
+        source = product_source(self.config.scorer, profile.features)
+        scorer = self.products.scorer(name, source, progress=False)
+        key = scorer.describe().get("features", source.name)
+        if profile.learned_folder is not None and source.name == "builtin":
+            scorer = FusedScorer([scorer, LearnedScorer.load(profile.learned_folder)], self.config.scorer.fusion)
+            key = LEARNED_KEY
+        stored = profile.thresholds.get(key)
+        return _Fitted(scorer, profile=profile, stored=Thresholds.from_dict(stored) if stored else None)
 
     def _remember(self, key: str, fitted: _Fitted) -> None:
         self._fitted[key] = fitted
@@ -175,10 +196,8 @@ class Inspector:
         if verdicts.threshold is not None:
             return fixed_thresholds(verdicts)
         fitted = self._fit(category, references, product)
-        if fitted.profile is not None:
-            stored = fitted.profile.thresholds.get(fitted.scorer.describe().get("features", "builtin"))
-            if stored:
-                return Thresholds.from_dict(stored)
+        if fitted.stored is not None:
+            return fitted.stored
         if len(fitted.references) >= 2:
             with self._lock:
                 if fitted.held_out is None:

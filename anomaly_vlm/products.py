@@ -32,6 +32,9 @@ from .localizer.reference import ReferenceScorer
 
 FORMAT_VERSION = 1
 PROFILE_FILE = "profile.json"
+LEARNED_DIR = "learned"
+LEARNED_KEY = "builtin+learned"
+"""The thresholds key of a learned product: reference scoring on built-in features fused with the learned model."""
 STATE_KEY = "reference_state"
 NAME_RULE = "1-64 characters of letters, digits, '.', '_' or '-', not starting with '.'"
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
@@ -73,6 +76,7 @@ class ProductProfile:
     good: list[str]  # reference image paths as given, in bank order
     defective: list[str]
     format_version: int = FORMAT_VERSION
+    learned: dict | None = None  # the learned localizer's describe(), when the product was learned
 
     def to_dict(self) -> dict:
         return {**asdict(self), "folder": str(self.folder)}
@@ -80,6 +84,10 @@ class ProductProfile:
     @classmethod
     def from_dict(cls, data: dict) -> ProductProfile:
         return cls(**{**data, "folder": Path(data["folder"])})
+
+    @property
+    def learned_folder(self) -> Path | None:
+        return self.folder / LEARNED_DIR if self.learned else None
 
 
 class ProductStore:
@@ -214,6 +222,27 @@ class ProductStore:
         os.rename(folder, trash)
         shutil.rmtree(trash)
 
+    def training_folder(self, name: str) -> Path:
+        """Where `product learn` trains (resumable) before the model moves into the product."""
+        return self.root / f".{check_name(name)}.learning"
+
+    def attach_learned(self, name: str, trained: Path, describe: dict, thresholds: dict) -> ProductProfile:
+        """Move a trained model into the product and record it and its thresholds; the profile is rewritten atomically."""
+        profile = self.load(name)
+        target = profile.folder / LEARNED_DIR
+        staging = profile.folder / f".{LEARNED_DIR}.{secrets.token_hex(4)}.tmp"
+        staging.mkdir()
+        for file in ("learned.safetensors", "learned.json"):
+            shutil.copy2(trained / file, staging / file)
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(staging, target)
+        profile.learned = describe
+        profile.thresholds = {**profile.thresholds, LEARNED_KEY: thresholds}
+        write_json(profile.folder / PROFILE_FILE, profile.to_dict())
+        shutil.rmtree(trained, ignore_errors=True)
+        return profile
+
     def scorer(self, name: str, source: FeatureSource, progress: bool = True) -> ReferenceScorer:
         """The product's fitted reference scorer for `source` (its bank for `source.name`)."""
         profile = self.load(name)
@@ -305,3 +334,33 @@ def create_product(store: ProductStore, name: str, good: Sequence[str], defectiv
             counts[feature]["defective"] = count_verdicts([calibrated.verdict(s) for s in defective_scores])
     profile = store.add(name, banks, thresholds, good_paths, defective_paths, notes, replace)
     return ProductCheck(profile, counts, failures, notices)
+
+
+def learn_product_profile(store: ProductStore, name: str, config=None, verdicts=None,
+                          progress: bool = True) -> ProductProfile:
+    """Train the product's own localizer on its good images (defects simulated on them) and calibrate it.
+
+    Training resumes in `store.training_folder(name)` after a kill. The thresholds of
+    the fused scorer (reference scoring on built-in features + the learned model) come
+    from the good images the model never saw: the reference part scores them held out
+    of its bank, the learned part as new images.
+    """
+    from .io import load_image
+    from .localizer import DEFAULT_WEIGHTS, build_feature_source, fuse
+    from .localizer.learned import LearnConfig, learn_product
+    from .verdicts import VerdictConfig, from_good_scores
+
+    profile = store.load(name)
+    config, verdicts = config or LearnConfig(), verdicts or VerdictConfig()
+    good = [load_image(path) for path in profile.good]
+    learned = learn_product(good, store.training_folder(name), config, progress)
+    held = [int(i) for i in learned.record["holdout_indices"]]
+    if len(held) < 2:
+        raise ProductError(f"product {name!r}: learning needs at least 2 held-out good images to calibrate on "
+                           f"(it has {len(profile.good)} good images; hold out more or add images)")
+    reference = store.scorer(name, build_feature_source("builtin"), progress=False)
+    fused = fuse({"reference": reference.leave_one_out().take(held),
+                  "learned": learned.score([good[i] for i in held])}, DEFAULT_WEIGHTS)
+    what = f"{len(held)} good images held out of training, reference + learned fused"
+    thresholds = from_good_scores(fused.image_score, verdicts, "product", what)
+    return store.attach_learned(name, store.training_folder(name), learned.describe(), thresholds.to_dict())

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
+from .attributes import box_mask, measure
 from .types import Region
 
 _ROWS = ("top", "", "bottom")
@@ -138,3 +139,32 @@ def propose(anomaly_map: np.ndarray, threshold: float, config: ProposalConfig = 
         regions.append(make_region(box, width, height, float(area * scale_area), peak, mean))
     regions.sort(key=lambda r: (-r.peak_score, -r.area_fraction))
     return regions[:config.top_k]
+
+
+def with_attributes(regions: list[Region], image, anomaly_map: np.ndarray, threshold: float,
+                    image_size: tuple[int, int] | None = None) -> list[Region]:
+    """The regions with their look measured on `image` (`attributes`; see `anomaly_vlm.attributes`).
+
+    A region's mask is the map, resized bilinearly to the image as `propose` resizes
+    it, at or above `threshold` inside the region's box (the whole box if no pixel of
+    it is). `image` is a PIL image or an H x W x 3 array; `image_size` (width, height)
+    is the size the boxes are in pixels of, the image's own size when None.
+    """
+    if not regions:
+        return list(regions)
+    pixels = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+    height, width = pixels.shape[:2]
+    scores = _check_map(anomaly_map, threshold)
+    if scores.shape != (height, width):
+        scores = cv2.resize(scores, (width, height), interpolation=cv2.INTER_LINEAR)
+    box_width, box_height = image_size or (width, height)
+    measured = []
+    for region in regions:
+        x0, y0, x1, y1 = region.box
+        box = (x0 * width // box_width, y0 * height // box_height,
+               max(x0 * width // box_width + 1, -(-x1 * width // box_width)),
+               max(y0 * height // box_height + 1, -(-y1 * height // box_height)))
+        inside = box_mask((height, width), box)
+        mask = inside & (scores >= threshold)
+        measured.append(replace(region, attributes=measure(pixels, mask if mask.any() else inside)))
+    return measured

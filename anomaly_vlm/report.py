@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from .attributes import RegionAttributes
 from .errors import AnomalyVLMError
 from .files import write_bytes, write_json, write_text
 from .io import load_image
@@ -155,9 +156,33 @@ def _context(document: dict, options: ReportOptions) -> dict:
                 score=item["image_score"], threshold=item["threshold"],
                 review=words["review_part"].format(review=item["review_threshold"])
                 if item["review_threshold"] is not None else ""),
-            "pct": lambda value: f"{100 * value:.2f}",
+            "columns": _region_columns,
+            "region_cells": _region_cells,
             "models": _model_lines(document, words),
             "settings_json": json.dumps(document["settings"], indent=2)}
+
+
+REGION_COLUMNS = ("number", "location", "box", "size", "peak", "mean")
+
+
+def _measured(item: dict) -> bool:
+    """Whether any region of the image had its look measured (images kept in memory; not batch runs)."""
+    return any(r.get("attributes") for r in item["regions"])
+
+
+def _region_columns(item: dict) -> tuple[str, ...]:
+    """The region table's column keys: the look column only when some region has one."""
+    return REGION_COLUMNS + (("looks",) if _measured(item) else ())
+
+
+def _region_cells(item: dict, region: dict) -> list[str]:
+    """One region table row as text, in `_region_columns` order; `number` is filled by the caller."""
+    cells = [region["location"], ", ".join(map(str, region["box"])), f"{100 * region['area_fraction']:.2f}",
+             f"{region['peak_score']:.2f}", f"{region['mean_score']:.2f}"]
+    if _measured(item):
+        attributes = region.get("attributes")
+        cells.append(RegionAttributes.from_dict(attributes).describe(short=True) if attributes else "-")
+    return cells
 
 
 def _model_lines(document: dict, words: dict) -> list[str]:
@@ -287,10 +312,10 @@ def render_pdf(document: dict, figures: Figures, options: ReportOptions = Report
             pdf.set_y(top + height + 2)
         columns = words["columns"]
         if item["regions"]:
-            rows = [[str(n), r["location"], ", ".join(map(str, r["box"])), context["pct"](r["area_fraction"]),
-                     f"{r['peak_score']:.2f}", f"{r['mean_score']:.2f}"] for n, r in enumerate(item["regions"], 1)]
-            table([columns[k] for k in ("number", "location", "box", "size", "peak", "mean")], rows,
-                  (8, 30, 50, 30, 25, 25))
+            rows = [[str(n)] + _region_cells(item, r) for n, r in enumerate(item["regions"], 1)]
+            keys = _region_columns(item)
+            widths = (8, 30, 50, 30, 25, 25) if len(keys) == len(REGION_COLUMNS) else (6, 18, 30, 16, 14, 14, 70)
+            table([columns[k] for k in keys], rows, widths)
         else:
             paragraph(words["no_regions"], 9, "I")
         if item["explanation"]:

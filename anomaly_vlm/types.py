@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .attributes import RegionAttributes
 from .files import safe_stem
 from .vocabulary import Verdict
 
@@ -41,7 +42,9 @@ class Region:
 
     `box` is (x0, y0, x1, y1) in pixels with exclusive ends; `box_norm` is the same
     divided by the image width and height. `location` is the 3x3 grid cell of the box
-    centre in words ("top left" ... "center" ... "bottom right").
+    centre in words ("top left" ... "center" ... "bottom right"). `attributes` is what
+    the region looks like, measured from the image (shape, size, contrast, colour,
+    texture); None when the image was not at hand.
     """
 
     box: tuple[int, int, int, int]
@@ -50,9 +53,11 @@ class Region:
     location: str
     peak_score: float = 1.0
     mean_score: float = 1.0
+    attributes: RegionAttributes | None = None
 
     def to_dict(self) -> dict:
-        return {
+        """JSON-ready data; `attributes` appears only when measured, so older readers see what they always saw."""
+        data = {
             "box": list(self.box),
             "box_norm": [round(v, 4) for v in self.box_norm],
             "area_fraction": round(self.area_fraction, 6),
@@ -60,11 +65,20 @@ class Region:
             "peak_score": round(self.peak_score, 4),
             "mean_score": round(self.mean_score, 4),
         }
+        if self.attributes is not None:
+            data["attributes"] = self.attributes.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> Region:
+        attributes = data.get("attributes")
         return cls(tuple(data["box"]), tuple(data["box_norm"]), data["area_fraction"], data["location"],
-                   data.get("peak_score", 1.0), data.get("mean_score", 1.0))
+                   data.get("peak_score", 1.0), data.get("mean_score", 1.0),
+                   RegionAttributes.from_dict(attributes) if attributes else None)
+
+    def looks(self) -> str:
+        """The short phrase of what the region looks like, or "" when it was not measured."""
+        return self.attributes.describe(short=True) if self.attributes is not None else ""
 
 
 def verdict_of(score: float, threshold: float, review_threshold: float | None) -> Verdict:
@@ -117,8 +131,9 @@ class Findings:
         lines.append(f"candidate regions: {len(self.regions)}")
         for i, r in enumerate(self.regions, 1):
             box = ", ".join(f"{v:.2f}" for v in r.box_norm)
+            looks = f"; {r.looks()}" if r.attributes is not None else ""
             lines.append(f"{i}. {r.location}, box [{box}], {100 * r.area_fraction:.1f}% of the image, "
-                         f"peak score {r.peak_score:.2f}")
+                         f"peak score {r.peak_score:.2f}{looks}")
         lines.append("</findings>")
         return "\n".join(lines)
 

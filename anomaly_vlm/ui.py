@@ -30,7 +30,7 @@ from .verdicts import count_verdicts, describe_thresholds
 from .visualize import annotate
 from .vocabulary import VERDICT_MEANINGS, VERDICT_WORDS
 
-FINDINGS_HEADERS = ["#", "location", "box (x0, y0, x1, y1)", "size %", "peak", "mean"]
+FINDINGS_HEADERS = ["#", "location", "box (x0, y0, x1, y1)", "size %", "peak", "mean", "looks"]
 NO_PRODUCT = "(none)"
 BATCH_HEADERS = ["rank", "image", "score", "verdict", "regions", "strongest region"]
 
@@ -77,7 +77,7 @@ def _path_of(upload) -> Path:
 
 def findings_rows(inspection: Inspection) -> list[list]:
     return [[n, r.location, ", ".join(map(str, r.box)), round(100 * r.area_fraction, 2), round(r.peak_score, 3),
-             round(r.mean_score, 3)] for n, r in enumerate(inspection.regions, 1)]
+             round(r.mean_score, 3), r.looks() or "-"] for n, r in enumerate(inspection.regions, 1)]
 
 
 def verdict_markdown(inspection: Inspection, notices: list[str] = ()) -> str:

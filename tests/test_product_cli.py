@@ -82,3 +82,22 @@ def test_public_api():
     assert anomaly_vlm.Inspector is Inspector and callable(anomaly_vlm.load_image)
     with pytest.raises(AttributeError):
         anomaly_vlm.nothing_here
+
+
+def test_product_learn_fuses_its_own_localizer_and_calibrates_on_held_out_images(home, dataset_root, tmp_path,
+                                                                                 capsys):
+    learning = ["--learn-steps", "12", "--learn-image-size", "64", "--learn-holdout", "2", "--learn-content", "texture"]
+    assert main(["product", "add", "widget", "--good", str(dataset_root / "widget" / "train"), "--features", "builtin",
+                 "--learn", *learning]) == 0
+    printed = capsys.readouterr().out
+    assert "learned localizer for widget" in printed and "2 good images held out of training" in printed
+    profile = ProductStore().load("widget")
+    assert (profile.folder / "learned" / "learned.safetensors").is_file() and profile.learned["mode"] == "learned"
+    assert profile.thresholds["builtin+learned"]["source"] == "product"
+    assert not ProductStore().training_folder("widget").exists()
+    out = tmp_path / "scores"
+    assert main(["score", str(dataset_root / "widget" / "test"), "--product", "widget", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [p["mode"] for p in results["models"]["parts"]] == ["reference", "learned"]
+    assert results["thresholds"] == profile.thresholds["builtin+learned"]
+    assert all(r["modes"] == ["reference", "learned"] for r in results["images"])

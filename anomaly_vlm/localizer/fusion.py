@@ -15,7 +15,7 @@ from PIL import Image
 
 from .scorer import AnomalyScorer, Prediction
 
-DEFAULT_WEIGHTS = {"prompt": 1.0, "ensemble": 0.5, "mutual": 1.0, "reference": 1.0}
+DEFAULT_WEIGHTS = {"prompt": 1.0, "ensemble": 0.5, "mutual": 1.0, "reference": 1.0, "learned": 1.0}
 
 
 @dataclass

@@ -29,6 +29,11 @@ class Prediction:
             parts[0].modes,
         )
 
+    def take(self, indices: list[int]) -> Prediction:
+        """The prediction of some of its images, in the order given."""
+        return Prediction(self.anomaly_map[indices], self.image_score[indices],
+                          {name: values[indices] for name, values in self.scores.items()}, self.modes)
+
 
 class AnomalyScorer(Protocol):
     """Scores all images of one product at once (mutual scoring needs the whole set)."""

@@ -56,6 +56,25 @@ def _type_phrase(types: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
+def _looks(truth: GroundTruth, findings: Findings) -> str:
+    """What the largest true region looks like, as measured on its pixels ("" when it was not proposed or measured).
+
+    The measure comes with the simulated proposal of that region (the one overlapping
+    its box most), so an answer names only evidence the findings block also shows.
+    """
+    if not truth.regions:
+        return ""
+    tx0, ty0, tx1, ty1 = truth.regions[0].box
+
+    def overlap(box: tuple[int, int, int, int]) -> int:
+        x0, y0, x1, y1 = box
+        return max(0, min(x1, tx1) - max(x0, tx0)) * max(0, min(y1, ty1) - max(y0, ty0))
+
+    measured = [(overlap(r.box), r.attributes) for r in findings.regions if r.attributes is not None]
+    best = max(measured, key=lambda pair: pair[0], default=(0, None))
+    return best[1].describe() if best[0] > 0 else ""
+
+
 def _variables(truth: GroundTruth, findings: Findings, object_name: str) -> dict:
     spurious = [r.location for r in findings.regions if not truth.anomalous]
     box = truth.regions[0].box_norm if truth.regions else (0, 0, 0, 0)
@@ -71,6 +90,7 @@ def _variables(truth: GroundTruth, findings: Findings, object_name: str) -> dict
         "severity": truth.severity or "",
         "box": "[" + ", ".join(f"{v:.2f}" for v in box) + "]",
         "false_alarm_location": spurious[0] if spurious else "",
+        "looks": _looks(truth, findings),
     }
 
 

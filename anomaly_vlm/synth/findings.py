@@ -1,15 +1,19 @@
 """Simulated localizer findings: ground truth seen through an imperfect localizer.
 
 The assistant is trained on these, so it learns to read proposals that are shifted,
-missing or spurious rather than to repeat them.
+missing or spurious rather than to repeat them. Given the image, each simulated region
+carries the look `anomaly_vlm.attributes.measure` finds on it, as an inspection's
+regions do: a true region measured on its ground-truth pixels, a false alarm on the
+ellipse in its box. So the assistant learns to name a defect from that evidence.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..attributes import box_mask, ellipse_mask, measure
 from ..proposals import ProposalConfig, make_region
 from ..types import Findings, Region
 from .ground_truth import GroundTruth
@@ -45,13 +49,33 @@ def _false_alarm(rng: np.random.Generator, width: int, height: int) -> Region:
     return make_region((x0, y0, x0 + w, y0 + h), width, height, int(w * h * 0.6), peak, peak * 0.8)
 
 
+def _measured(region: Region, image: np.ndarray | None, mask: np.ndarray) -> Region:
+    return region if image is None else replace(region, attributes=measure(image, mask))
+
+
 def simulate_findings(truth: GroundTruth, size: tuple[int, int], rng: np.random.Generator,
-                      noise: FindingsNoise = FindingsNoise()) -> Findings:
-    """Proposals as the localizer might report them for this ground truth, strongest first."""
+                      noise: FindingsNoise = FindingsNoise(), image: np.ndarray | None = None,
+                      mask: np.ndarray | None = None) -> Findings:
+    """Proposals as the localizer might report them for this ground truth, strongest first.
+
+    With `image` (the defective H x W x 3 image), regions carry measured attributes: a
+    true region's pixels are those of `mask` (the ground-truth mask; its box when
+    None) inside its box, a false alarm's the ellipse in its box. Measuring draws
+    nothing from `rng`, so the regions and scores are those drawn without the image.
+    """
     width, height = size
-    regions = [_jittered(r, rng, noise.jitter, width, height) for r in truth.regions if rng.random() >= noise.miss_rate]
+    if image is not None and image.shape[:2] != (height, width):
+        raise ValueError(f"image shape {image.shape[:2]} does not match the size {size} (width, height)")
+    regions = []
+    for region in truth.regions:
+        if rng.random() < noise.miss_rate:
+            continue
+        inside = box_mask((height, width), region.box)
+        pixels = inside & mask if mask is not None and (inside & mask).any() else inside
+        regions.append(_measured(_jittered(region, rng, noise.jitter, width, height), image, pixels))
     if rng.random() < noise.false_alarm_rate:
-        regions.append(_false_alarm(rng, width, height))
+        alarm = _false_alarm(rng, width, height)
+        regions.append(_measured(alarm, image, ellipse_mask((height, width), alarm.box)))
     regions = sorted(regions, key=lambda r: -r.peak_score)[: noise.top_k]
     if regions:
         score = max(r.peak_score for r in regions) * rng.uniform(0.85, 1.0)

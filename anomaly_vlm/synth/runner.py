@@ -160,7 +160,7 @@ class Synthesizer:
             types = [d.defect_type for d in defects if (d.mask & mask).any()]
         truth = ground_truth(normal, image, mask, types)
         height, width = image.shape[:2]
-        findings = simulate_findings(truth, (width, height), rng, recipe.findings)
+        findings = simulate_findings(truth, (width, height), rng, recipe.findings, image=image, mask=mask)
         object_name = self._object_name(category, kind)
         conversation = build_conversation(truth, findings, object_name, rng, self.book, recipe.conversation)
         folder = _slug(truth.defect_types[0]) if truth.anomalous else NORMAL_DEFECT
