@@ -48,7 +48,8 @@ class MMADOptions:
                                                      "references (MMAD's 1-shot by default; 0: none)"})
     templates: Literal["similar", "random"] = field(default="similar", metadata={
         "help": "which template list of each entry to draw from: MMAD's similar_templates or random_templates"})
-    max_images: int | None = field(default=None, metadata={"help": "answer only the first N images of the file"})
+    max_images: int | None = field(default=None, metadata={
+        "help": "answer only N images, spread evenly over the file so every folder is sampled"})
     prompts: str = field(default="mmad.yaml", metadata={"help": "question phrasing (a file in prompts/ or a path)"})
 
 
@@ -244,15 +245,15 @@ class MMADScores:
         def cell(value: float | None) -> str:
             return "-" if value is None else f"{100 * value:.1f}"
 
-        rows = [f"{'question type':<26} {'accuracy %':>10} {'chance %':>9} {'n':>6}"]
+        rows = [f"{'question type':<30} {'accuracy %':>10} {'chance %':>9} {'n':>6}"]
         for kind, value in self.per_type.items():
             name = f"{kind} (balanced)" if kind == DETECTION else kind
-            rows.append(f"{name:<26} {cell(value):>10} {cell(self.chance[kind]):>9} "
+            rows.append(f"{name:<30} {cell(value):>10} {cell(self.chance[kind]):>9} "
                         f"{self.counts['per_type'][kind]:>6}")
-        rows.append(f"{'average over types':<26} {cell(self.average):>10} {cell(self.chance.get('average')):>9} "
+        rows.append(f"{'average over types':<30} {cell(self.average):>10} {cell(self.chance.get('average')):>9} "
                     f"{self.counts['questions']:>6}")
         for name, key, n in (("false-alarm rate", "false_alarm_rate", "normal"), ("miss rate", "miss_rate", "anomalous")):
-            rows.append(f"{name:<26} {cell(getattr(self, key)):>10} {cell(self.chance.get(key)):>9} "
+            rows.append(f"{name:<30} {cell(getattr(self, key)):>10} {cell(self.chance.get(key)):>9} "
                         f"{self.counts[n]:>6}")
         if self.counts.get("unparsed"):
             rows.append(f"({self.counts['unparsed']} answers named no option and count as wrong)")
@@ -376,16 +377,29 @@ class MMADRun:
     metrics: dict
 
 
+def spread(entries: list[MMADEntry], count: int | None) -> list[MMADEntry]:
+    """`count` entries evenly spaced over the file (MMAD files run folder by folder: the first N are one folder)."""
+    if count is None or count >= len(entries):
+        return entries
+    return [entries[i * len(entries) // count] for i in range(max(0, count))]
+
+
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
+
+
+def _differences(before: Any, now: Any, where: str = "") -> list[str]:
+    """Settings whose values differ; a field only one side has (an option added since) is no difference."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        return [d for k in sorted(set(before) & set(now)) for d in _differences(before[k], now[k], f"{where}{k}.")]
+    return [] if before == now else [where.rstrip(".")]
 
 
 def _check_settings(out: Path, settings: dict, resuming: bool) -> None:
     """Refuse to mix answers of two setups in one --out (a changed model would be silently averaged in)."""
     path = out / RUN_FILE
     if resuming and path.exists():
-        before = json.loads(path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        changed = _differences(json.loads(path.read_text(encoding="utf-8")), settings)
         if changed:
             raise AnomalyVLMError(f"{out} holds answers from another setup ({', '.join(changed)} differ); "
                                   f"give a new --out, or remove {out / ANSWERS_FILE} to start over")
@@ -408,7 +422,7 @@ def evaluate_mmad(inspector, entries: list[MMADEntry], root: str | Path, out: st
 
     root, out = Path(root), Path(out)
     prompts = load_prompts(options.prompts)
-    entries = entries[: options.max_images] if options.max_images is not None else entries
+    entries = spread(entries, options.max_images)
     shots = max(0, options.shots)
     fixed = references is not None or product is not None
     if shots and not fixed:
