@@ -25,6 +25,9 @@ from .prompting import as_text_messages
 
 IGNORE = -100
 CHECKPOINT = "checkpoint"
+PER_TOKEN = ("mm_token_type_ids", "token_type_ids")
+"""Processor outputs with one value per token (Qwen2-VL's M-RoPE reads which tokens are image tokens): they
+follow input_ids through the conversation, the cut at max_length and the padding, with 0 for text tokens."""
 
 
 @dataclass
@@ -97,18 +100,22 @@ class ConversationEncoder:
     def __call__(self, messages: list[dict], images: list | None = None) -> dict[str, Any]:
         import torch
 
-        ids, labels, extra = [], [], {}
+        ids, labels, extra, per_token = [], [], {}, {}
         for n, (text, target) in enumerate(answer_pieces(clean_messages(messages), self._render)):
             if n == 0 and self.images:
                 encoded = self.preprocessor(text=[text], images=images or None, return_tensors="pt")
                 piece = encoded["input_ids"][0].tolist()
-                extra = {k: v for k, v in encoded.items() if k not in ("input_ids", "attention_mask")}
+                per_token = {k: encoded[k][0].tolist() for k in PER_TOKEN if k in encoded}
+                extra = {k: v for k, v in encoded.items() if k not in ("input_ids", "attention_mask", *PER_TOKEN)}
             else:
                 piece = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+                for values in per_token.values():
+                    values += [0] * len(piece)
             ids += piece
             labels += piece if target else [IGNORE] * len(piece)
         ids, labels = ids[: self.max_length], labels[: self.max_length]
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), **extra}
+        per_token = {k: torch.tensor(v[: self.max_length]) for k, v in per_token.items()}
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), **per_token, **extra}
 
 
 def collate(items: list[dict], pad_id: int) -> dict:
@@ -127,7 +134,11 @@ def collate(items: list[dict], pad_id: int) -> dict:
         batch["labels"][row, :n] = item["labels"]
         batch["attention_mask"][row, :n] = 1
     for key in items[0]:
-        if key not in batch:
+        if key in PER_TOKEN:
+            batch[key] = torch.zeros((len(items), length), dtype=items[0][key].dtype)
+            for row, item in enumerate(items):
+                batch[key][row, : len(item[key])] = item[key]
+        elif key not in batch:
             batch[key] = torch.cat([item[key] for item in items])
     return batch
 
