@@ -6,6 +6,11 @@ synthetic parts.
 
     python benchmarks/training_free.py                       # 100 images at 256 and 518 px
     python benchmarks/training_free.py --images 200 --sizes 518 --modes mutual
+
+Alongside, the figures measured before issue 16 (direct separable convolutions for the
+filter bank, mutual scoring against every other image), on the 2-core build machine
+while other jobs shared it (load average 4 to 10): they and today's figures are only
+comparable when measured the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +25,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+BEFORE = {  # (mode, size, shots) -> images/s, peak RSS MiB; 100 bottle test images, before issue 16
+    ("mutual", 256, 4): (0.30, 1484),
+    ("reference", 256, 4): (4.94, 1852),
+    ("mutual", 518, 4): (0.53, 2110),
+    ("reference", 518, 4): (0.63, 2188),
+}
 
 BOTTLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec_bottle" / "bottle"
 
@@ -58,7 +70,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(args.one[0], int(args.one[1]), args.images, args.shots)))
         return
-    print(f"{'mode':<10} {'size':>5} {'images':>6} {'seconds':>8} {'img/s':>7} {'peak RSS':>10}")
+    print(f"{'mode':<10} {'size':>5} {'images':>6} {'seconds':>8} {'img/s':>7} {'peak RSS':>10} {'before: img/s':>14} {'peak RSS':>9}")
     for size in args.sizes:
         for mode in args.modes:
             command = [sys.executable, __file__, "--one", mode, str(size), "--images", str(args.images), "--shots", str(args.shots)]
@@ -67,7 +79,10 @@ def main() -> None:
                 print(f"{mode:<10} {size:>5} failed: {done.stderr.strip().splitlines()[-1]}")
                 continue
             r = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"{r['mode']:<10} {r['size']:>5} {r['images']:>6} {r['seconds']:>8.1f} {r['images_per_s']:>7.2f} {r['peak_rss_mib']:>7.0f} MiB")
+            before = BEFORE.get((mode, size, args.shots if mode == "reference" else 4))
+            was = f"{before[0]:>14.2f} {before[1]:>5.0f} MiB" if before else f"{'-':>14} {'-':>9}"
+            print(f"{r['mode']:<10} {r['size']:>5} {r['images']:>6} {r['seconds']:>8.1f} {r['images_per_s']:>7.2f} "
+                  f"{r['peak_rss_mib']:>6.0f} MiB {was}", flush=True)
 
 
 if __name__ == "__main__":

@@ -187,3 +187,110 @@ def test_cli_training_free_modes_record_mode_and_features(tmp_path, dataset_root
 def test_cli_reference_mode_needs_references(tmp_path, dataset_root, capsys):
     assert main(["score", str(dataset_root / "widget"), "--out", str(tmp_path), "--mode", "reference"]) == 2
     assert "--references" in capsys.readouterr().err
+
+
+def _recorded_comparisons(monkeypatch, scorer, images):
+    """Score `images`, recording for each image which others it was compared with (first neighbourhood size)."""
+    seen = {}
+    original = MutualScorer.distances
+
+    def recording(self, patches, i, others):
+        seen.setdefault(i, others.tolist())
+        return original(self, patches, i, others)
+
+    monkeypatch.setattr(MutualScorer, "distances", recording)
+    prediction = scorer.score(images)
+    monkeypatch.undo()
+    return seen, prediction
+
+
+def test_mutual_sampling_compares_each_image_with_exactly_k_others(monkeypatch):
+    images = [_part(seed) for seed in range(9)]
+    scorer = MutualScorer(FEATURES, MutualConfig(neighbourhoods=(1, 3), sample_size=3), progress=False)
+    seen, _ = _recorded_comparisons(monkeypatch, scorer, images)
+    assert sorted(seen) == list(range(9))
+    for i, others in seen.items():
+        assert len(others) == 3 == len(set(others)) and i not in others and all(0 <= j < 9 for j in others)
+    assert len({tuple(others) for others in seen.values()}) > 1
+    assert scorer.describe()["sample_size"] == 3 and scorer.describe()["seed"] == 0
+
+
+def test_mutual_sampling_is_seeded_and_follows_content_not_order(monkeypatch):
+    images = [_part(seed) for seed in range(9)]
+    config = MutualConfig(neighbourhoods=(1,), sample_size=3, seed=5)
+    first = MutualScorer(FEATURES, config, progress=False).score(images)
+    again = MutualScorer(FEATURES, config, progress=False).score(images)
+    assert np.array_equal(first.anomaly_map, again.anomaly_map) and np.array_equal(first.image_score, again.image_score)
+    seen, _ = _recorded_comparisons(monkeypatch, MutualScorer(FEATURES, config, progress=False), images)
+    other, _ = _recorded_comparisons(monkeypatch, MutualScorer(FEATURES, MutualConfig(neighbourhoods=(1,), sample_size=3, seed=6),
+                                                               progress=False), images)
+    assert seen != other
+    order = [4, 0, 8, 2, 6, 1, 3, 7, 5]
+    shuffled_seen, shuffled = _recorded_comparisons(monkeypatch, MutualScorer(FEATURES, config, progress=False),
+                                                    [images[i] for i in order])
+    assert {order[i]: sorted(order[j] for j in js) for i, js in shuffled_seen.items()} == seen
+    assert np.allclose(shuffled.anomaly_map, first.anomaly_map[order], atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [8, 9, 50])
+def test_mutual_sample_of_all_others_is_the_full_comparison(size):
+    images = [_part(seed) for seed in range(9)]
+    full = MutualScorer(FEATURES, MutualConfig(neighbourhoods=(1, 3), sample_size=0), progress=False).score(images)
+    sampled = MutualScorer(FEATURES, MutualConfig(neighbourhoods=(1, 3), sample_size=size), progress=False).score(images)
+    assert np.array_equal(full.anomaly_map, sampled.anomaly_map) and np.array_equal(full.image_score, sampled.image_score)
+
+
+def test_mutual_full_comparison_matches_brute_force_distances():
+    """Each image's score: mean of its `fraction` closest per-image nearest-patch distances (checked against cdist)."""
+    torch.manual_seed(0)
+    features = torch.randn(6, 5, 4, 4)
+    scorer = MutualScorer(FEATURES, MutualConfig(neighbourhoods=(1,), fraction=0.4, sample_size=0), progress=False)
+    patches = features.flatten(2).transpose(1, 2)
+    expected = []
+    for i in range(6):
+        others = torch.cat([patches[:i], patches[i + 1 :]])
+        d = torch.cdist(patches[i], others.reshape(-1, 5)).view(16, 5, 16).amin(dim=2)
+        expected.append(d.topk(2, dim=1, largest=False).values.mean(dim=1))
+    from anomaly_vlm.localizer.distance_maps import normalize_scale
+
+    expected = torch.stack(expected)
+    assert torch.allclose(scorer.patch_scores(features), normalize_scale(expected, expected).view(6, 4, 4), atol=1e-4)
+
+
+def _reference_features(source: BuiltinFeatures, images: torch.Tensor) -> torch.Tensor:
+    """The built-in features by their definition: direct separable convolutions, pooled in float64."""
+    from anomaly_vlm.localizer.features import _separable
+
+    red, green, blue = images[:, 0:1], images[:, 1:2], images[:, 2:3]
+    intensity = (red + green + blue) / 3
+    colour = torch.cat([intensity, (red - green) / 2, (red + green - 2 * blue) / 4], dim=1)
+    maps = []
+    for _, (g, d1, d2) in source._kernels:
+        maps.append(_separable(colour, g, g))
+        gx, gy = _separable(intensity, d1, g), _separable(intensity, g, d1)
+        gxx, gyy, gxy = _separable(intensity, d2, g), _separable(intensity, g, d2), _separable(intensity, d1, d1)
+        maps += [torch.sqrt(gx**2 + gy**2 + 1e-12), gx.abs(), gy.abs(), (gx + gy).abs() / 2**0.5, (gx - gy).abs() / 2**0.5,
+                 (gxx + gyy).abs(), (gxx - gyy).abs(), 2 * gxy.abs()]
+    responses = torch.cat(maps, dim=1).double()
+    grid = source.config.grid_size
+    mean = torch.nn.functional.adaptive_avg_pool2d(responses, grid)
+    spread = (torch.nn.functional.adaptive_avg_pool2d(responses**2, grid) - mean**2).clamp_min(0).sqrt()
+    return torch.cat(maps, dim=1), torch.cat([mean, spread], dim=1).float()
+
+
+@pytest.mark.parametrize("size,grid", [(96, 24), (70, 8)])
+def test_builtin_features_by_fft_match_direct_convolution(size, grid):
+    source = BuiltinFeatures(BuiltinFeatureConfig(image_size=size, grid_size=grid))
+    images = torch.stack([source.preprocess(_part(seed)) for seed in range(3)])
+    responses, features = _reference_features(source, images)
+    assert torch.allclose(source.responses(images), responses, atol=1e-5)
+    assert torch.allclose(source.extract(images), features, atol=1e-5)
+
+
+def test_builtin_responses_keep_a_tall_image_tall():
+    """The learned localizer feeds tall images (kolektorsdd is about 1:2.5): the FFT bank must not assume squares."""
+    source = BuiltinFeatures(BuiltinFeatureConfig(image_size=64, grid_size=8))
+    images = torch.rand(2, 3, 150, 64)
+    responses, _ = _reference_features(source, images)
+    assert source.responses(images).shape == (2, 33, 150, 64)
+    assert torch.allclose(source.responses(images), responses, atol=1e-5)

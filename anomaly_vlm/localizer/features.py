@@ -68,10 +68,76 @@ def _gaussian_derivatives(sigma: float) -> tuple[torch.Tensor, torch.Tensor, tor
 
 
 def _separable(images: torch.Tensor, along_x: torch.Tensor, along_y: torch.Tensor) -> torch.Tensor:
+    """Direct separable correlation with reflect padding (the definition; `_FilterBank` computes the same by FFT)."""
     channels, radius = images.shape[1], len(along_x) // 2
     padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
     out = F.conv2d(padded, along_x.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
     return F.conv2d(out, along_y.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+
+def _fft_size(n: int) -> int:
+    """The smallest 2^a 3^b 5^c at least n: a length FFTs handle fast."""
+    best = 1 << (n - 1).bit_length()
+    power3 = 1
+    while power3 < best:
+        power5 = power3
+        while power5 < best:
+            value = power5
+            while value < n:
+                value *= 2
+            best = min(best, value)
+            power5 *= 5
+        power3 *= 3
+    return best
+
+
+# (channel of the opponent colour image, kernel along x, kernel along y) for each linear response of one scale:
+# the three blurred colour channels, then gx, gy, gxx, gyy, gxy of the intensity.
+_LINEAR = ((0, "g", "g"), (1, "g", "g"), (2, "g", "g"), (0, "d1", "g"), (0, "g", "d1"),
+           (0, "d2", "g"), (0, "g", "d2"), (0, "d1", "d1"))
+
+
+class _FilterBank:
+    """All linear responses of all scales through one FFT of the padded colour image.
+
+    Reflect padding by the largest radius holds every smaller radius' padding inside
+    it, so one padded image serves every scale; its spectrum is taken once and each
+    response is one product and one inverse FFT, whatever the kernel length. Equal to
+    `_separable` up to float32 rounding (about 1e-6 of the image range).
+    """
+
+    def __init__(self, kernels: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], size: tuple[int, int]):
+        self.radius = max(len(g) // 2 for g, _, _ in kernels)
+        if self.radius >= min(size):
+            raise ValueError(f"filters {2 * self.radius + 1} px wide need images over {self.radius} px; got {size}")
+        self.size = tuple(size)  # (height, width): tall or wide images keep their aspect
+        self.lengths = tuple(_fft_size(n + 2 * self.radius) for n in self.size)
+        self.spectra = []  # per scale: (8, Py, Px // 2 + 1) complex, one 2-D kernel spectrum per linear response
+        for g, d1, d2 in kernels:
+            named = {"g": g, "d1": d1, "d2": d2}
+            along_x = {name: torch.fft.rfft(self._centred(k, self.lengths[1])) for name, k in named.items()}
+            along_y = {name: torch.fft.fft(self._centred(k, self.lengths[0])) for name, k in named.items()}
+            self.spectra.append(torch.stack([along_y[ky].unsqueeze(1) * along_x[kx].unsqueeze(0) for _, kx, ky in _LINEAR]))
+        self.channels = torch.tensor([c for c, _, _ in _LINEAR])
+
+    @staticmethod
+    def _centred(kernel: torch.Tensor, length: int) -> torch.Tensor:
+        """A correlation kernel as a length-P circular convolution kernel centred on index 0."""
+        radius = len(kernel) // 2
+        full = torch.zeros(length, dtype=torch.float64)
+        full[torch.arange(-radius, radius + 1) % length] = kernel.flip(0).double()
+        return full
+
+    def spectrum(self, colour: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(colour, (self.radius,) * 4, mode="reflect")
+        return torch.fft.rfft2(padded, s=self.lengths)
+
+    def linear(self, spectrum: torch.Tensor, scale: int) -> torch.Tensor:
+        """The 8 linear responses of one scale: (B, 8, H, W)."""
+        products = spectrum[:, self.channels] * self.spectra[scale].to(spectrum.dtype)
+        out = torch.fft.irfft2(products, s=self.lengths)
+        r, (height, width) = self.radius, self.size
+        return out[..., r : r + height, r : r + width]
 
 
 class BuiltinFeatures:
@@ -92,40 +158,61 @@ class BuiltinFeatures:
         self.config = config
         self.image_size = config.image_size
         self._kernels = [(s, _gaussian_derivatives(s * config.image_size / 256)) for s in config.sigmas]
+        self._filter_bank: _FilterBank | None = None
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         resized = image.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
         return torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
 
-    def responses(self, images: torch.Tensor) -> torch.Tensor:
-        """Per-pixel filter responses: 11 channels per scale, (B, 11 * len(sigmas), S, S)."""
+    def _bank(self, size: tuple[int, int]) -> _FilterBank:
+        if self._filter_bank is None or self._filter_bank.size != tuple(size):
+            self._filter_bank = _FilterBank([k for _, k in self._kernels], tuple(size))
+        return self._filter_bank
+
+    def scale_responses(self, images: torch.Tensor):
+        """Per scale, the per-pixel filter responses (B, 11, H, W), in `responses` order."""
         red, green, blue = images[:, 0:1], images[:, 1:2], images[:, 2:3]
         intensity = (red + green + blue) / 3
         colour = torch.cat([intensity, (red - green) / 2, (red + green - 2 * blue) / 4], dim=1)
-        maps = []
-        for _, (g, d1, d2) in self._kernels:
-            maps.append(_separable(colour, g, g))
-            gx, gy = _separable(intensity, d1, g), _separable(intensity, g, d1)
-            gxx, gyy, gxy = _separable(intensity, d2, g), _separable(intensity, g, d2), _separable(intensity, d1, d1)
-            maps += [
-                torch.sqrt(gx**2 + gy**2 + 1e-12),
-                gx.abs(),
-                gy.abs(),
-                (gx + gy).abs() / math.sqrt(2),
-                (gx - gy).abs() / math.sqrt(2),
-                (gxx + gyy).abs(),
-                (gxx - gyy).abs(),
-                2 * gxy.abs(),
-            ]
-        return torch.cat(maps, dim=1)
+        bank = self._bank(tuple(images.shape[-2:]))
+        spectrum = bank.spectrum(colour)
+        for scale in range(len(self._kernels)):
+            linear = bank.linear(spectrum, scale)
+            blur, (gx, gy, gxx, gyy, gxy) = linear[:, :3], linear[:, 3:].unbind(1)
+            yield torch.cat([
+                blur,
+                torch.stack([
+                    torch.sqrt(gx**2 + gy**2 + 1e-12),
+                    gx.abs(),
+                    gy.abs(),
+                    (gx + gy).abs() / math.sqrt(2),
+                    (gx - gy).abs() / math.sqrt(2),
+                    (gxx + gyy).abs(),
+                    (gxx - gyy).abs(),
+                    2 * gxy.abs(),
+                ], dim=1),
+            ], dim=1)
+
+    def responses(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-pixel filter responses: 11 channels per scale, (B, 11 * len(sigmas), S, S).
+
+        Per scale: blurred intensity, red-green, yellow-blue; gradient magnitude, |gx|,
+        |gy|, the two diagonal gradient energies; |gxx + gyy|, |gxx - gyy|, 2|gxy|.
+        """
+        return torch.cat(list(self.scale_responses(images)), dim=1)
 
     @torch.no_grad()
     def extract(self, images: torch.Tensor) -> torch.Tensor:
-        responses = self.responses(images.float())
         grid = self.config.grid_size
-        mean = F.adaptive_avg_pool2d(responses, grid)
-        spread = (F.adaptive_avg_pool2d(responses**2, grid) - mean**2).clamp_min(0).sqrt()
-        return torch.cat([mean, spread], dim=1)
+        means, spreads = [], []
+        # Pooled a scale at a time (bounded memory), in float64: the spread is sqrt(E[x^2] - E[x]^2), which in
+        # float32 loses everything to cancellation where a response is nearly constant over a patch.
+        for responses in self.scale_responses(images.float().contiguous()):
+            responses = responses.double()
+            mean = F.adaptive_avg_pool2d(responses, grid)
+            means.append(mean)
+            spreads.append((F.adaptive_avg_pool2d(responses.square(), grid) - mean.square()).clamp_min(0).sqrt())
+        return torch.cat(means + spreads, dim=1).float()
 
     def describe(self) -> dict:
         return {"features": self.name, "feature_image_size": self.image_size, "feature_grid": self.config.grid_size}

@@ -64,7 +64,7 @@ def nearest_distance_per_image(query: torch.Tensor, others: torch.Tensor, chunk_
     return (torch.cat(columns, dim=1) + query_norms).clamp_min(0).sqrt()
 
 
-def greedy_coreset(bank: torch.Tensor, size: int, projection_dim: int = 128, seed: int = 0) -> torch.Tensor:
+def greedy_coreset(bank: torch.Tensor, size: int, projection_dim: int = 24, seed: int = 0) -> torch.Tensor:
     """Indices of `size` rows chosen by greedy k-centre (PatchCore's coreset).
 
     Each pick is the row farthest from everything picked so far, so the subset covers

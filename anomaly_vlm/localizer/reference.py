@@ -39,7 +39,7 @@ AUGMENTATIONS = {
 class ReferenceConfig(DistanceMapConfig):
     midpoint: float = field(default=4.3, metadata={"help": "z scored 0.5 (F1-best on MVTec bottle, 4 shots)"})
     augmentations: tuple[str, ...] = field(default=("hflip", "vflip", "rot90"), metadata={"help": f"reference augmentations: {', '.join(AUGMENTATIONS)}"})
-    max_bank: int = field(default=65536, metadata={"help": "patches kept per neighbourhood size (greedy coreset above)"})
+    max_bank: int = field(default=131072, metadata={"help": "patches kept per neighbourhood size (greedy coreset above): 32 references with 3 copies at the built-in 32x32 grid fit whole"})
 
 
 @dataclass
