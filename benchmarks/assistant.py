@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from anomaly_vlm.assistant.backends import AssistantOptions, GenerationSettings, build_assistant
+from anomaly_vlm.assistant.backends import AssistantOptions, GenerationSettings, build_assistant, describe_assistant
 from anomaly_vlm.assistant.prompting import first_turn, system_prompt, text_part
 from anomaly_vlm.proposals import make_region
 from anomaly_vlm.types import Findings
@@ -56,7 +56,7 @@ def main() -> None:
                                                  precision=args.precision))
     load = time.perf_counter() - start
     info = assistant.describe()
-    print(f"model: {info['model']}{' + ' + info['adapter'] if 'adapter' in info else ''} ({info['dtype']}); "
+    print(f"model: {describe_assistant(info)}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; load {load:.1f} s")
     measure(assistant, 8)
     runs = [measure(assistant, args.tokens) for _ in range(args.repeats)]

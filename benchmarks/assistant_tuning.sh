@@ -19,6 +19,6 @@ timed anomaly-vlm synth --recipe data_recipes/objects.yaml --source "$source" --
 timed anomaly-vlm synth --recipe data_recipes/objects.yaml --source "$source" --out "$runs/eval" --num 80 --seed 1
 timed anomaly-vlm tune --data "$runs/train" --out "$runs/adapter" --max-samples "$train" --max-length "${MAX_LENGTH:-640}"
 timed anomaly-vlm eval-chat --data "$runs/eval" --max-samples "$eval" --max-new-tokens "$new_tokens" \
-    --out "$runs/eval-before.json"
+    --adapter none --out "$runs/eval-before.json"
 timed anomaly-vlm eval-chat --data "$runs/eval" --max-samples "$eval" --max-new-tokens "$new_tokens" \
     --adapter "$runs/adapter" --out "$runs/eval-after.json"

@@ -120,7 +120,7 @@ def test_a_lora_step_lowers_the_loss_and_the_adapter_reloads_exactly(build, tmp_
         tokenizer.save_pretrained(str(base))
         merged, _, info = load_model(AssistantOptions(model=str(base), adapter=str(tmp_path), device="cpu",
                                                       precision="fp32"))
-        assert info["adapter"] == str(tmp_path) and not any("lora_" in n for n, _ in merged.named_parameters())
+        assert info["adapter"]["path"] == str(tmp_path) and not any("lora_" in n for n, _ in merged.named_parameters())
         with torch.no_grad():
             torch.testing.assert_close(merged.eval()(**inputs).logits, expected, atol=1e-5, rtol=1e-4)
 

@@ -34,6 +34,6 @@ def test_smollm2_tunes_a_few_steps_and_chats_with_the_adapter(conversations, tmp
     assert result.steps == 2 and len(result.losses) == 2 and record["skipped_steps"] == []
     assert all(0 < loss < 20 for loss in result.losses)
     tuned = build_assistant(AssistantOptions(backend="text", adapter=str(tmp_path), device="cpu"))
-    assert tuned.describe()["adapter"] == str(tmp_path)
+    assert tuned.describe()["adapter"]["path"] == str(tmp_path)
     answer = "".join(tuned.stream(_opening(0), [], GenerationSettings(max_new_tokens=8)))
     assert answer.strip()

@@ -4,10 +4,16 @@
 `vlm`: any transformers image-text-to-text model (LLaVA, LLaVA-OneVision, Qwen2-VL,
 Idefics3/SmolVLM) through its processor and chat template; it sees the image, zoomed
 crops of the strongest regions and the findings block.
+
+The embedded text model (`model` None) comes with the package's default adapter
+(anomaly_vlm/adapters/default/, trained on licence-clean synthesized data by
+benchmarks/train_default_adapter.sh) unless `adapter` says otherwise: "none" turns it
+off, a folder uses that one. Every description names the adapter it answers with.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,7 +39,9 @@ class GenerationSettings:
 class AssistantOptions:
     backend: Literal["text", "vlm"] = field(default="text", metadata={"help": "text: findings only; vlm: image too"})
     model: str | None = field(default=None, metadata={"help": "hub id, folder or .gguf; None: the embedded default"})
-    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder written by `tune`"})
+    adapter: str | None = field(default=None, metadata={
+        "help": "LoRA adapter folder written by `tune`; none: no adapter. Unset: the embedded model's default "
+                "adapter (shipped in the package), no adapter for any other model"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
     quantize: bool = field(default=False, metadata={"help": "load 4-bit through bitsandbytes (CUDA only)"})
     precision: Literal["auto", "fp32", "bf16"] = field(
@@ -139,12 +147,51 @@ class VisionAssistant:
         if shown != len(images):
             raise ValueError(f"the messages hold {shown} image slots but {len(images)} images were given")
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        inputs = self.processor(text=[text], images=images or None, return_tensors="pt")
+        # One conversation's images as one nested list, as the processor's own chat-template path passes them:
+        # LLaVA-OneVision reads a flat list as one image per sample and tiles each as a lone image (anyres),
+        # several times the tokens of the multi-image layout it uses for images that share a prompt.
+        inputs = self.processor(text=[text], images=[images] if images else None, return_tensors="pt")
         dtype = self.model.dtype
         return {k: v.to(self.model.device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
 
     def stream(self, messages: list[dict], images: list[Image.Image], settings: GenerationSettings) -> Iterator[str]:
         return _stream_generate(self.model, self.prompt_inputs(messages, images), self.processor.tokenizer, settings)
+
+
+DEFAULT_ADAPTER = Path(__file__).resolve().parents[1] / "adapters" / "default"
+"""The default adapter of the embedded model, shipped in the package (adapter.json names it)."""
+NO_ADAPTER = "none"
+
+
+def resolve_adapter(options: AssistantOptions, for_training: bool = False,
+                    default: Path | None = None) -> Path | None:
+    """The adapter folder `options` ask for, or None.
+
+    `adapter` "none" (any case): none. A path: that folder. Unset: the default adapter
+    when the model is the embedded one (`model` None) on the text backend and the package
+    holds it; never for training, which starts from the bare model. `default` replaces
+    the package's folder (tests).
+    """
+    spec = options.adapter
+    if spec is not None and str(spec).strip().lower() == NO_ADAPTER:
+        return None
+    if spec:
+        return Path(spec).expanduser()
+    default = DEFAULT_ADAPTER if default is None else Path(default)
+    if for_training or options.model is not None or options.backend != "text":
+        return None
+    return default if (default / "adapter_model.safetensors").is_file() else None
+
+
+def adapter_identity(folder: str | Path) -> dict:
+    """{"name", "version", "path"} of an adapter folder: from its adapter.json, else its folder name."""
+    folder = Path(folder)
+    try:
+        info = json.loads((folder / "adapter.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = {}
+    info = info if isinstance(info, dict) else {}
+    return {"name": str(info.get("name") or folder.name), "version": info.get("version"), "path": str(folder)}
 
 
 def _quantization(options: AssistantOptions):
@@ -176,18 +223,19 @@ def load_model(options: AssistantOptions, for_training: bool = False) -> tuple[A
         model = loader.from_pretrained(resolved.path, dtype=dtype, quantization_config=quantization,
                                        device_map={"": device} if quantization else None)
         processor = preprocessor.from_pretrained(resolved.path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:  # ImportError: a processor's own package (SmolVLM: num2words)
         raise AnomalyVLMError(f"{resolved.source}: cannot be loaded as a {what} ({exc})") from None
     if not quantization:
         model = model.to(device)
     info = {"backend": options.backend, "model": resolved.source, "device": device, "dtype": str(dtype).split(".")[-1]}
-    if options.adapter:
+    adapter = resolve_adapter(options, for_training)
+    if adapter is not None:
         from .adapters import load_adapter
 
-        model = load_adapter(model, options.adapter, trainable=for_training)
+        model = load_adapter(model, adapter, trainable=for_training)
         if not for_training and not quantization:
             model = model.merge_and_unload()  # one matmul per projection again: adapters cost nothing at inference
-        info["adapter"] = str(options.adapter)
+        info["adapter"] = adapter_identity(adapter)
     return model, processor, info
 
 
@@ -195,7 +243,10 @@ def describe_assistant(info: dict) -> str:
     """One line naming an assistant's `describe()`: backend, model, adapter, device and dtype."""
     line = f"{info.get('backend', 'unnamed')} backend"
     line += f", {info['model']}" if "model" in info else ""
-    line += f" + adapter {info['adapter']}" if "adapter" in info else ""
+    adapter = info.get("adapter")
+    if isinstance(adapter, dict):
+        adapter = adapter.get("name", "") + (f" {adapter['version']}" if adapter.get("version") else "")
+    line += f" + adapter {adapter}" if adapter else ""
     line += f" on {info['device']}" if "device" in info else ""
     return line + (f", {info['dtype']}" if "dtype" in info else "")
 

@@ -4,23 +4,45 @@ Messages use the chat format of transformers and TRL: each message has a role an
 list of content parts, `{"type": "image"}` or `{"type": "text", "text": ...}`. The first
 user turn carries the image and the findings block; the answers come from the ground
 truth, never from the findings, so the model learns to check proposals, not echo them.
+
+With `mmad_rate` > 0, turns are also MMAD's multiple-choice questions (github
+jam-cc/MMAD), in exactly the prompt shape `anomaly_vlm.assistant.mmad` asks them
+(prompts/mmad.yaml), answered with the option's letter: detection (Yes/No), defect
+kind, location (3x3 grid words), appearance and, where the recipe names the product,
+the product. Their answers follow the findings block the model reads (score against
+threshold, the strongest region's location and measured look), not hidden ground
+truth: when the simulated localizer misses a defect, "No" is the answer it supports.
+Defect kind, which no findings field names, is asked only when the strongest proposed
+region is a true one of a single-kind defect, so its look is the evidence. A
+conversation whose findings disagree with the ground truth is all MMAD or all free, so
+no two of its answers contradict each other.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import jinja2
 import numpy as np
 
+from ..assistant.mmad import MMADQuestion, load_prompts, phrase_question
 from ..assistant.prompting import first_turn, system_prompt, text_part
+from ..attributes import RegionAttributes
+from ..configs import ConfigError
 from ..errors import DatasetError
 from ..prompts import load_yaml
-from ..types import Findings
+from ..proposals import LOCATIONS
+from ..types import Findings, Region
 from .ground_truth import GroundTruth
+from .simulators import DEFECT_TYPES
 
 INTENTS = ("detect", "locate", "kind", "describe", "severity", "report")
+MMAD_INTENTS = ("mmad_detection", "mmad_kind", "mmad_location", "mmad_appearance", "mmad_product")
+"""MMAD question turns, by the question type they ask (Anomaly Detection, Defect Classification, Defect
+Localization, Defect Description, Object Classification)."""
+GENERIC_OBJECTS = ("part", "surface")
+"""What procedural recipes call their items when the recipe names no product: no product question then."""
 _MASS_NOUNS = {"missing material", "contamination", "discoloration", "misplaced material", "foreign material"}
 
 
@@ -29,6 +51,20 @@ class ConversationConfig:
     turns: tuple[int, int] = field(default=(2, 4), metadata={"help": "fewest and most question turns per conversation"})
     report_rate: float = field(default=0.3, metadata={"help": "chance that the last turn asks for a defect report"})
     system_prompt: bool = field(default=True, metadata={"help": "start with the assistant's system prompt"})
+    mmad_rate: float = field(default=0.0, metadata={
+        "help": "chance that a turn is one of MMAD's multiple-choice questions, answered with a letter"})
+    mmad_options: tuple[int, int] = field(default=(3, 5), metadata={
+        "help": "fewest and most options of a non-Yes/No MMAD question"})
+
+    def __post_init__(self) -> None:
+        # recipe.load_recipe reports a ConfigError with the recipe file named
+        if not 0.0 <= self.mmad_rate <= 1.0:
+            raise ConfigError(f"conversation.mmad_rate must lie in [0, 1], got {self.mmad_rate}")
+        if not 0.0 <= self.report_rate <= 1.0:
+            raise ConfigError(f"conversation.report_rate must lie in [0, 1], got {self.report_rate}")
+        low, high = self.mmad_options
+        if not 2 <= low <= high:
+            raise ConfigError(f"conversation.mmad_options must be [low, high] with 2 <= low <= high, got {[low, high]}")
 
 
 class Phrasebook:
@@ -49,6 +85,37 @@ class Phrasebook:
                     raise DatasetError(f"{conversations}: '{intent}' has a non-text entry {text!r}; quote it in the YAML")
             self.questions[intent] = [env.from_string(q) for q in questions]
             self.answers[intent] = {k: [env.from_string(a) for a in answers[k]] for k in ("anomalous", "normal")}
+        self.mmad = _mmad_phrases(data.get("mmad"), conversations)
+        self.mmad_prompts = load_prompts()
+
+
+def _texts(value, where: str) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise DatasetError(f"{where}: needs a non-empty list of texts (quote them in the YAML)")
+    return value
+
+
+def _mmad_phrases(data, name: str) -> dict:
+    """The `mmad` section: question variants per type, option phrasings, answer forms, distractors."""
+    if not isinstance(data, dict):
+        raise DatasetError(f"{name}: needs an 'mmad' section (MMAD question phrasings)")
+    questions = data.get("questions") or {}
+    phrases = {"questions": {kind: _texts(questions.get(kind), f"{name}: mmad.questions.{kind}")
+                             for kind in ("detection", "kind", "location", "appearance", "product")}}
+    pairs = data.get("yes_no")
+    if not isinstance(pairs, list) or not pairs or not all(isinstance(p, list) and len(p) == 2 and
+                                                           all(isinstance(t, str) for t in p) for p in pairs):
+        raise DatasetError(f"{name}: mmad.yes_no must list [yes, no] option pairs")
+    phrases["yes_no"] = pairs
+    for key in ("location_options", "answers", "kind_distractors", "product_distractors"):
+        phrases[key] = _texts(data.get(key), f"{name}: mmad.{key}")
+    for text in phrases["location_options"]:
+        if "{where}" not in text:
+            raise DatasetError(f"{name}: mmad.location_options: {text!r} has no {{where}}")
+    for text in phrases["answers"]:
+        if "{letter}" not in text:
+            raise DatasetError(f"{name}: mmad.answers: {text!r} has no {{letter}}")
+    return phrases
 
 
 def _type_phrase(types: list[str]) -> str:
@@ -94,28 +161,162 @@ def _variables(truth: GroundTruth, findings: Findings, object_name: str) -> dict
     }
 
 
+# ---------------------------------------------------------------- MMAD turns
+
+def plain_look(attributes: RegionAttributes) -> str:
+    """What a region looks like in MMAD's plain option words ("a thin elongated dark line")."""
+    tone = {"darker": "dark", "brighter": "bright"}.get(attributes.contrast)
+    if tone is None:
+        tone = "discoloured" if attributes.hue == "none" else attributes.hue
+        tone = f"faint {tone}"
+    if attributes.shape == "elongated":
+        return f"a thin elongated {tone} line"
+    if attributes.shape == "compact":
+        size = "small" if attributes.size in ("tiny", "small") else "large"
+        return f"a {size} round {tone} spot"
+    return f"an irregular {tone} patch"
+
+
+def _look_variants(attributes: RegionAttributes) -> list[RegionAttributes]:
+    """Plausible other looks: another shape, tone or colour than the measured one."""
+
+    variants = []
+    for contrast in ("darker", "brighter", "similar"):
+        for shape in ("elongated", "compact", "irregular"):
+            for hue in dict.fromkeys((attributes.hue, "none", "reddish", "yellowish")):
+                variants.append(replace(attributes, contrast=contrast, shape=shape, hue=hue,
+                                        orientation=(attributes.orientation or "diagonal") if shape == "elongated"
+                                        else None))
+    return variants
+
+
+def _choose(correct: str, distractors: list[str], count: int, rng: np.random.Generator) -> tuple[dict[str, str], str]:
+    """Lettered options (A, B, ...): `correct` among up to count - 1 distinct distractors, shuffled; its letter."""
+    pool = [d for d in dict.fromkeys(distractors) if d != correct]
+    picked = [pool[i] for i in rng.choice(len(pool), size=min(count - 1, len(pool)), replace=False)] if pool else []
+    choices = [correct] + picked
+    order = rng.permutation(len(choices))
+    choices = [choices[i] for i in order]
+    letter = chr(65 + choices.index(correct))
+    return {chr(65 + i): text for i, text in enumerate(choices)}, letter
+
+
+def _overlaps(region: Region, truth: GroundTruth) -> bool:
+    x0, y0, x1, y1 = region.box
+    return any(min(x1, b[2]) > max(x0, b[0]) and min(y1, b[3]) > max(y0, b[1]) for b in (r.box for r in truth.regions))
+
+
+def mmad_available(truth: GroundTruth, findings: Findings, object_name: str) -> list[str]:
+    """The MMAD question types whose answer the findings block supports for this sample."""
+    kinds = ["mmad_detection"]
+    strongest = findings.regions[0] if findings.regions else None
+    if findings.anomalous and strongest is not None:
+        kinds.append("mmad_location")
+        if strongest.attributes is not None:
+            kinds.append("mmad_appearance")
+        if len(truth.defect_types) == 1 and _overlaps(strongest, truth) and strongest.attributes is not None:
+            kinds.append("mmad_kind")
+    if object_name not in GENERIC_OBJECTS:
+        kinds.append("mmad_product")
+    return kinds
+
+
+def _article(text: str) -> str:
+    return text if text in _MASS_NOUNS else f"{'an' if text[0] in 'aeiou' else 'a'} {text}"
+
+
+def mmad_question(kind: str, truth: GroundTruth, findings: Findings, object_name: str, rng: np.random.Generator,
+                  book: Phrasebook, config: ConversationConfig) -> MMADQuestion:
+    """One MMAD question of type `kind` (one of MMAD_INTENTS) with its answer, as the findings support it."""
+    phrases = book.mmad
+    texts = phrases["questions"][kind.removeprefix("mmad_")]
+    text = texts[rng.integers(len(texts))].replace("{object}", object_name)
+    count = int(rng.integers(config.mmad_options[0], config.mmad_options[1] + 1))
+    strongest = findings.regions[0] if findings.regions else None
+    if kind == "mmad_detection":
+        yes, no = phrases["yes_no"][rng.integers(len(phrases["yes_no"]))]
+        options, letter = _choose(yes if findings.anomalous else no, [no if findings.anomalous else yes], 2, rng)
+        return MMADQuestion(text, options, letter, "Anomaly Detection")
+    if kind == "mmad_location":
+        form = phrases["location_options"][rng.integers(len(phrases["location_options"]))]
+        flagged = {r.location for r in findings.regions}
+        wrong = [form.format(where=w) for w in LOCATIONS if w not in flagged]
+        options, letter = _choose(form.format(where=strongest.location), wrong, count, rng)
+        return MMADQuestion(text, options, letter, "Defect Localization")
+    if kind == "mmad_appearance":
+        measured = rng.random() < 0.4
+        render = (lambda a: a.describe(short=True)) if measured else plain_look
+        wrong = [render(a) for a in _look_variants(strongest.attributes)]
+        options, letter = _choose(render(strongest.attributes), wrong, count, rng)
+        return MMADQuestion(text, options, letter, "Defect Description")
+    if kind == "mmad_kind":
+        article = rng.random() < 0.7
+        phrase = _article if article else (lambda t: t)
+        true = set(truth.defect_types)
+        wrong = [phrase(t) for t in DEFECT_TYPES if t not in true]
+        wrong += [d if article else d.split(" ", 1)[-1] for d in phrases["kind_distractors"]]
+        options, letter = _choose(phrase(truth.defect_types[0]), wrong, count, rng)
+        return MMADQuestion(text, options, letter, "Defect Classification")
+    if kind == "mmad_product":
+        options, letter = _choose(_article(object_name), phrases["product_distractors"], count, rng)
+        return MMADQuestion(text, options, letter, "Object Classification")
+    raise ValueError(f"unknown MMAD question type {kind!r}; choose one of {', '.join(MMAD_INTENTS)}")
+
+
+def mmad_answer(question: MMADQuestion, rng: np.random.Generator, book: Phrasebook) -> str:
+    forms = book.mmad["answers"]
+    return forms[rng.integers(len(forms))].format(letter=question.answer, text=question.options[question.answer])
+
+
+def _plan(intents: list[str], truth: GroundTruth, findings: Findings, object_name: str, rng: np.random.Generator,
+          config: ConversationConfig) -> list[str]:
+    """Which free turns become MMAD questions (each type once at most)."""
+    available = mmad_available(truth, findings, object_name)
+    agree = findings.anomalous == truth.anomalous
+    if not agree:  # the free answers (ground truth) and MMAD's (findings) would contradict: one kind only
+        if rng.random() >= config.mmad_rate:
+            return intents
+        chosen = rng.permutation(available).tolist()
+        return [str(k) for k in chosen[: len(intents)]]
+    plan = []
+    for intent in intents:
+        left = [k for k in available if k not in plan]
+        if left and rng.random() < config.mmad_rate:
+            plan.append(str(left[rng.integers(len(left))]))
+        else:
+            plan.append(intent)
+    return plan
+
+
 class Conversation(NamedTuple):
     messages: list[dict]
     intents: list[str]
-    """What each question turn asks, in order: one of INTENTS."""
+    """What each question turn asks, in order: one of INTENTS or MMAD_INTENTS."""
 
 
 def build_conversation(truth: GroundTruth, findings: Findings, object_name: str, rng: np.random.Generator,
                        book: Phrasebook, config: ConversationConfig = ConversationConfig()) -> Conversation:
-    """A conversation that opens with detection and goes on with follow-up questions."""
+    """A conversation that opens with detection and goes on with follow-up questions, some of them MMAD's."""
     low, high = config.turns
     count = int(rng.integers(low, high + 1))
     follow_ups = [i for i in INTENTS[1:] if i != "report"]
     intents = ["detect"] + list(rng.choice(follow_ups, size=min(count - 1, len(follow_ups)), replace=False))
     if count > 1 and rng.random() < config.report_rate:
         intents[-1] = "report"
+    if config.mmad_rate > 0:  # no draws otherwise: recipes without MMAD turns give the conversations they gave
+        intents = _plan(intents, truth, findings, object_name, rng, config)
     variables = _variables(truth, findings, object_name)
     state = "anomalous" if truth.anomalous else "normal"
     messages = [{"role": "system", "content": [text_part(book.system)]}] if config.system_prompt else []
     for turn, intent in enumerate(intents):
-        question = book.questions[intent][rng.integers(len(book.questions[intent]))].render(variables)
-        answers = book.answers[intent][state]
-        answer = answers[rng.integers(len(answers))].render(variables)
+        if intent in MMAD_INTENTS:
+            asked = mmad_question(intent, truth, findings, object_name, rng, book, config)
+            shots = int(rng.choice([0, 1, 1, 1, 2, 4]))
+            question, answer = phrase_question(asked, book.mmad_prompts, shots), mmad_answer(asked, rng, book)
+        else:
+            question = book.questions[intent][rng.integers(len(book.questions[intent]))].render(variables)
+            answers = book.answers[intent][state]
+            answer = answers[rng.integers(len(answers))].render(variables)
         user = first_turn(question, findings) if turn == 0 else {"role": "user", "content": [text_part(question)]}
         messages += [user, {"role": "assistant", "content": [text_part(answer)]}]
     return Conversation(messages, [str(i) for i in intents])

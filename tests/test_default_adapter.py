@@ -1,0 +1,180 @@
+"""Which adapter the embedded assistant answers with (none, a folder, or a default one), and the MMAD turns of the
+synthesized instruction data."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import yaml
+
+from anomaly_vlm.assistant.backends import (DEFAULT_ADAPTER, AssistantOptions, adapter_identity, describe_assistant,
+                                            load_model, resolve_adapter)
+from anomaly_vlm.assistant.mmad import MMADQuestion, load_prompts, parse_letter, phrase_question
+from anomaly_vlm.configs import ConfigError
+from anomaly_vlm.proposals import LOCATIONS
+from anomaly_vlm.synth.conversations import (MMAD_INTENTS, ConversationConfig, Phrasebook, build_conversation,
+                                             plain_look)
+from anomaly_vlm.synth.recipe import load_recipe
+from anomaly_vlm.synth.runner import Synthesizer
+from anomaly_vlm.types import Findings
+
+from .assistant_models import tiny_text_model
+
+REPO = DEFAULT_ADAPTER.parents[2]
+
+_OPTION = re.compile(r"^([A-Z])\. (.*)$")
+
+
+# ---------------------------------------------------------------- which adapter loads
+
+def test_the_default_adapter_resolves_only_for_the_embedded_model(tmp_path):
+    shipped = tmp_path / "default"
+    shipped.mkdir()
+    (shipped / "adapter_model.safetensors").write_bytes(b"")
+    other = str(tmp_path / "mine")
+    assert resolve_adapter(AssistantOptions(), default=shipped) == shipped
+    for spec in ("none", "None", "NONE", " none "):
+        assert resolve_adapter(AssistantOptions(adapter=spec), default=shipped) is None
+    assert str(resolve_adapter(AssistantOptions(adapter=other), default=shipped)) == other
+    assert resolve_adapter(AssistantOptions(model="some/model"), default=shipped) is None
+    assert resolve_adapter(AssistantOptions(backend="vlm"), default=shipped) is None
+    assert resolve_adapter(AssistantOptions(), for_training=True, default=shipped) is None  # tune starts bare
+    assert resolve_adapter(AssistantOptions(), default=tmp_path / "absent") is None
+    shipped_here = (DEFAULT_ADAPTER / "adapter_model.safetensors").is_file()
+    assert resolve_adapter(AssistantOptions()) == (DEFAULT_ADAPTER if shipped_here else None)
+
+
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory):
+    """A tiny base model folder and an adapter for it with an adapter.json."""
+    from anomaly_vlm.assistant.adapters import LoraSettings, add_adapter
+
+    root = tmp_path_factory.mktemp("tiny")
+    model, tokenizer = tiny_text_model()
+    model.save_pretrained(str(root / "base"), safe_serialization=True)
+    tokenizer.save_pretrained(str(root / "base"))
+    add_adapter(tiny_text_model()[0], LoraSettings(rank=2, alpha=4)).save_pretrained(str(root / "adapter"))
+    (root / "adapter" / "adapter.json").write_text(json.dumps({"name": "line-7", "version": "2.0.1"}))
+    return root
+
+
+def test_every_description_names_the_adapter(tiny_folders):
+    base, adapter = str(tiny_folders / "base"), str(tiny_folders / "adapter")
+    _, _, info = load_model(AssistantOptions(model=base, adapter=adapter, device="cpu", precision="fp32"))
+    assert info["adapter"] == {"name": "line-7", "version": "2.0.1", "path": adapter}
+    assert "+ adapter line-7 2.0.1" in describe_assistant(info)
+    merged, _, bare = load_model(AssistantOptions(model=base, adapter="none", device="cpu", precision="fp32"))
+    assert "adapter" not in bare and "+ adapter" not in describe_assistant(bare)
+    _, _, plain = load_model(AssistantOptions(model=base, device="cpu", precision="fp32"))
+    assert "adapter" not in plain   # another model than the embedded one: no default adapter
+
+
+def test_an_adapter_without_adapter_json_is_named_by_its_folder(tmp_path):
+    assert adapter_identity(tmp_path) == {"name": tmp_path.name, "version": None, "path": str(tmp_path)}
+
+
+# ---------------------------------------------------------------- MMAD turns in the training data
+
+def _parse(text: str) -> tuple[str, dict[str, str]]:
+    question = re.search(r"^Question: (.*)$", text, re.M).group(1)
+    options = dict(m.groups() for m in map(_OPTION.match, text.splitlines()) if m)
+    return question, options
+
+
+def _mmad_turns(record_messages: list[dict], intents: list[str]):
+    users = [m for m in record_messages if m["role"] == "user"]
+    answers = [m for m in record_messages if m["role"] == "assistant"]
+    for turn, (intent, user, answer) in enumerate(zip(intents, users, answers)):
+        if intent in MMAD_INTENTS:
+            yield turn, intent, user["content"][-1]["text"], answer["content"][0]["text"]
+
+
+def _check_turn(intent: str, text: str, answer: str, findings: Findings, prompts: dict) -> None:
+    question, options = _parse(text)
+    letter = parse_letter(answer, options)
+    assert letter is not None and re.fullmatch(r"[A-Z](\. .+)?", answer), answer
+    assert len(set(options.values())) == len(options) >= 2
+    # exactly the prompt eval-mmad builds (prompts/mmad.yaml), for some template count
+    phrased = [phrase_question(MMADQuestion(question, options, letter, "?"), prompts, n) for n in range(6)]
+    assert any(text.endswith(p) for p in phrased), text
+    chosen = options[letter]
+    strongest = findings.regions[0] if findings.regions else None
+    if intent == "mmad_detection":
+        assert len(options) == 2 and chosen.lower().startswith("yes" if findings.anomalous else "no")
+    elif intent == "mmad_location":
+        assert findings.anomalous and strongest.location in chosen
+        flagged = {r.location for r in findings.regions}
+        for other in options.values():   # no distractor names a flagged place
+            if other != chosen:
+                named = [w for w in sorted(LOCATIONS, key=len, reverse=True) if w in other][0]
+                assert named not in flagged
+    elif intent == "mmad_appearance":
+        assert findings.anomalous and chosen in (strongest.looks(), plain_look(strongest.attributes))
+    elif intent == "mmad_kind":
+        assert findings.anomalous and strongest.attributes is not None
+
+
+def test_synthesized_mmad_turns_follow_the_findings_block():
+    recipe = load_recipe(REPO / "data_recipes" / "assistant_adapter.yaml", num=60)
+    recipe.source = replace(recipe.source, image_size=96)
+    recipe.conversation = replace(recipe.conversation, mmad_rate=0.8, turns=(2, 4))
+    recipe.findings = replace(recipe.findings, miss_rate=0.3)
+    synthesizer, prompts = Synthesizer(recipe), load_prompts()
+    seen, disagreeing = set(), 0
+    for index in range(recipe.num):
+        record = synthesizer.draw(index).record
+        findings = Findings.from_dict(record["findings"])
+        first = record["messages"][1]["content"][-1]["text"]
+        assert first.startswith(findings.block())
+        turns = list(_mmad_turns(record["messages"], record["intents"]))
+        if findings.anomalous != bool(record["label"]):
+            disagreeing += 1   # all MMAD or all free: free answers follow the ground truth
+            assert not turns or len(turns) == len(record["intents"])
+        for turn, intent, text, answer in turns:
+            seen.add(intent)
+            _check_turn(intent, text, answer, findings, prompts)
+            if turn == 0:
+                assert text.startswith(findings.block() + "\n\n")
+    assert {"mmad_detection", "mmad_location", "mmad_appearance", "mmad_kind"} <= seen
+    assert disagreeing > 0
+
+
+def test_a_missed_defect_is_answered_no_and_product_questions_need_a_named_product():
+    from .test_synth_data import _sample
+    from anomaly_vlm.synth.ground_truth import ground_truth
+
+    book, prompts = Phrasebook(), load_prompts()
+    truth = ground_truth(*_sample(True), ["scratch"])
+    missed = Findings(0.2, 0.5, [])
+    config = ConversationConfig(turns=(3, 3), mmad_rate=1.0)
+    kinds = set()
+    for seed in range(30):
+        for name in ("part", "bottle"):
+            messages, intents = build_conversation(truth, missed, name, np.random.default_rng(seed), book, config)
+            assert set(intents) <= {"mmad_detection", "mmad_product"}
+            assert ("mmad_product" in intents) <= (name == "bottle")
+            kinds |= set(intents)
+            for _, intent, text, answer in _mmad_turns(messages, intents):
+                _check_turn(intent, text, answer, missed, prompts)
+                if intent == "mmad_product":
+                    assert _parse(text)[1][parse_letter(answer, _parse(text)[1])] == "a bottle"
+    assert kinds == {"mmad_detection", "mmad_product"}
+
+
+def test_no_mmad_rate_keeps_the_conversations_and_the_rate_is_checked():
+    from .test_synth_data import _sample
+    from anomaly_vlm.synth.findings import simulate_findings
+    from anomaly_vlm.synth.ground_truth import ground_truth
+
+    book = Phrasebook()
+    truth = ground_truth(*_sample(True), ["scratch"])
+    findings = simulate_findings(truth, (120, 90), np.random.default_rng(3))
+    plain = build_conversation(truth, findings, "bottle", np.random.default_rng(1), book, ConversationConfig())
+    assert not set(plain.intents) & set(MMAD_INTENTS)
+    for bad in ({"mmad_rate": 1.5}, {"mmad_rate": -0.1}, {"mmad_options": (1, 4)}, {"mmad_options": (5, 3)}):
+        with pytest.raises(ConfigError, match="conversation.mmad"):
+            ConversationConfig(**bad)
