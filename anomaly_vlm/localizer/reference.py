@@ -35,6 +35,12 @@ AUGMENTATIONS = {
 }
 
 
+def check_augmentations(names: tuple[str, ...]) -> None:
+    unknown = set(names) - set(AUGMENTATIONS)
+    if unknown:
+        raise ValueError(f"unknown augmentations {sorted(unknown)}; choose from {', '.join(AUGMENTATIONS)}")
+
+
 @dataclass
 class ReferenceConfig(DistanceMapConfig):
     midpoint: float = field(default=4.3, metadata={"help": "z scored 0.5 (F1-best on MVTec bottle, 4 shots)"})
@@ -58,9 +64,7 @@ class ReferenceScorer:
     mode = "reference"
 
     def __init__(self, source: FeatureSource, config: ReferenceConfig = ReferenceConfig(), progress: bool = True):
-        unknown = set(config.augmentations) - set(AUGMENTATIONS)
-        if unknown:
-            raise ValueError(f"unknown augmentations {sorted(unknown)}; choose from {', '.join(AUGMENTATIONS)}")
+        check_augmentations(config.augmentations)
         self.source = source
         self.config = config
         self.progress = progress

@@ -24,7 +24,7 @@ from ..errors import AnomalyVLMError
 from .distance_maps import DistanceMapConfig, Standardizer, finish_maps, normalize_scale
 from .features import FeatureSource
 from .neighbours import as_patches, neighbourhood_average
-from .reference import AUGMENTATIONS
+from .reference import AUGMENTATIONS, check_augmentations
 from .scorer import Prediction, z_to_unit
 
 
@@ -42,9 +42,7 @@ class SelfScorer:
     mode = "self"
 
     def __init__(self, source: FeatureSource, config: SelfConfig = SelfConfig(), progress: bool = True):
-        unknown = set(config.augmentations) - set(AUGMENTATIONS)
-        if unknown:
-            raise ValueError(f"unknown augmentations {sorted(unknown)}; choose from {', '.join(AUGMENTATIONS)}")
+        check_augmentations(config.augmentations)
         if config.radius < 0:
             raise ValueError(f"the exclusion radius must be 0 or more patches; got {config.radius}")
         self.source = source
