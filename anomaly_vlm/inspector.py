@@ -28,7 +28,7 @@ from .localizer import FusedScorer
 from .localizer.learned import LearnedScorer
 from .products import LEARNED_KEY, ProductProfile, ProductStore
 from .prompts import load_yaml
-from .proposals import ProposalConfig, propose
+from .proposals import ProposalConfig, propose, with_attributes
 from .ray_engine import RayBackend, RayConfig
 from .records import RecordStore
 from .types import Inspection, Sample
@@ -85,12 +85,18 @@ def build_inspection(image_id: str, anomaly_map: np.ndarray, image_score: float,
     map_height, map_width = np.shape(anomaly_map)
     size = tuple(image_size) if image_size else (map_width, map_height)
     if image is not None:
-        from .proposals import with_attributes
-
         regions = with_attributes(regions, image, anomaly_map, thresholds.lowest, size)
     return Inspection(image_id, float(image_score), thresholds.fail, regions, models, size, image=image,
                       anomaly_map=np.asarray(anomaly_map, dtype=np.float32), review_threshold=thresholds.review,
                       threshold_source=thresholds.source, notes=notes)
+
+
+def attach_image(inspection: Inspection, image: Image.Image) -> None:
+    """Give a batch inspection (which keeps no image) its image back, and its regions their measured look."""
+    lowest = inspection.threshold if inspection.review_threshold is None else inspection.review_threshold
+    inspection.regions = with_attributes(inspection.regions, image, inspection.anomaly_map, lowest,
+                                         inspection.image_size)
+    inspection.image = image
 
 
 @dataclass

@@ -14,21 +14,19 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from .attributes import RegionAttributes
 from .errors import AnomalyVLMError
 from .files import write_bytes, write_json, write_text
+from .inspector import BatchRun, Inspector, attach_image
 from .io import load_image
 from .prompts import load_yaml, prompts_dir
 from .types import Inspection
 from .verdicts import Thresholds, count_verdicts, describe_thresholds
 from .visualize import annotate, score_histogram
 
-if TYPE_CHECKING:
-    from .inspector import BatchRun, Inspector
 
 SCHEMA_VERSION = 2
 FORMATS = ("html", "md", "json", "pdf")
@@ -392,10 +390,15 @@ def run_report_job(inspector: Inspector, job: ReportJob, references: list[Image.
     entries = [ReportEntry(i, path=p) for i, p in zip(batch.inspections, batch.paths)]
     flagged = sorted((e for e in entries if e.inspection.verdict != "pass"),
                      key=lambda e: (e.inspection.verdict != "fail", -e.inspection.image_score))
-    for entry in flagged[: job.explain]:
-        entry.inspection.image = _picture(entry)
-        entry.explanation, entry.flags = inspector.explain(entry.inspection)
-        entry.inspection.image = None
+    explained = flagged[: job.explain]
+    explain_ids = {id(e) for e in explained}
+    shown = sorted(entries, key=lambda e: -e.inspection.image_score)[: job.details]
+    for entry in {id(e): e for e in explained + shown}.values():    # measured looks where a reader sees them
+        if (image := _picture(entry)) is not None:
+            attach_image(entry.inspection, image)
+            if id(entry) in explain_ids:
+                entry.explanation, entry.flags = inspector.explain(entry.inspection)
+            entry.inspection.image = None
     assistant = inspector.assistant.describe() if job.explain and flagged else None
     settings = settings_of(inspector.config)
     options = ReportOptions(details=job.details)

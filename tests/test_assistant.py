@@ -183,6 +183,8 @@ def test_looping_answers_are_flagged():
     loop = "The part is defective, it is 24.7% of the image, it is 24.7% of the image, it is 24.7% of the image."
     assert repeats_itself(loop) and not repeats_itself("Yes. A scratch at the top right, about 2% of the image.")
     assert not repeats_itself("Yes. Yes. Yes.")                       # too short to count as a loop
+    assert repeats_itself("The part is defective, it is a type of a type of a type of a type of a")   # no punctuation
+    assert not repeats_itself("A scratch, then a scratch on the rim, and a small scratch near the base.")
     assert answer_flags(loop, FINDINGS) == ["repeats itself; treat it as unreliable"]
 
 

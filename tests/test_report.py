@@ -100,3 +100,15 @@ def test_report_command_inspects_and_writes_every_report(dataset_root, tmp_path,
     assert not (out / "report.md").exists() and not list(out.rglob("*.tmp"))
     printed = capsys.readouterr()
     assert "6 inspected" in printed.out and "1 unreadable" in printed.out and "zero.png" in printed.err
+
+
+def test_batch_reports_measure_the_look_of_the_regions_they_show(dataset_root, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", str(dataset_root / "widget" / "test" / "stain"), "--out", str(out), "--references",
+                 str(dataset_root / "widget" / "train"), "--features", "builtin", "--explain", "0", "--details", "2",
+                 "--per-image", "none", "--format", "json,html", "--threshold", "0.2"]) == 0
+    document = json.loads((out / "report.json").read_text())
+    shown, rest = document["images"][:2], document["images"][2:]
+    assert all("attributes" in r for i in shown for r in i["regions"]) and any(i["regions"] for i in shown)
+    assert all("attributes" not in r for i in rest for r in i["regions"])    # batch runs keep no images
+    assert "Looks" in (out / "report.html").read_text()

@@ -59,13 +59,19 @@ def contradictions(answer: str, findings: Findings, strong: float = STRONG_PEAK)
 
 
 def repeats_itself(answer: str, times: int = 3) -> bool:
-    """True when one clause (text between punctuation) comes back `times` times or more."""
+    """True when one clause (text between punctuation) comes back `times` times or more, or a phrase of 2 to 6
+    words runs `times + 1` times in a row ("a type of a type of a type of a type of"): small models loop both ways."""
     clauses = [c.strip().lower() for c in re.split(r"[.,;:!?\n]+", answer)]
     counts: dict[str, int] = {}
     for clause in clauses:
         if len(clause.split()) >= 3:
             counts[clause] = counts.get(clause, 0) + 1
-    return any(n >= times for n in counts.values())
+    if any(n >= times for n in counts.values()):
+        return True
+    words = re.findall(r"[\w%]+", answer.lower())
+    runs = times + 1
+    return any(all(words[start + k * n: start + (k + 1) * n] == words[start: start + n] for k in range(1, runs))
+               for n in range(2, 7) for start in range(len(words) - n * runs + 1))
 
 
 def answer_flags(answer: str, findings: Findings) -> list[str]:
