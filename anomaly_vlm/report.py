@@ -393,12 +393,12 @@ def run_report_job(inspector: Inspector, job: ReportJob, references: list[Image.
     explained = flagged[: job.explain]
     explain_ids = {id(e) for e in explained}
     shown = sorted(entries, key=lambda e: -e.inspection.image_score)[: job.details]
-    for entry in {id(e): e for e in explained + shown}.values():    # measured looks where a reader sees them
+    seen = list({id(e): e for e in explained + shown}.values())
+    for entry in seen:    # measured looks where a reader sees them; images kept until the figures are drawn
         if (image := _picture(entry)) is not None:
             attach_image(entry.inspection, image)
             if id(entry) in explain_ids:
                 entry.explanation, entry.flags = inspector.explain(entry.inspection)
-            entry.inspection.image = None
     assistant = inspector.assistant.describe() if job.explain and flagged else None
     settings = settings_of(inspector.config)
     options = ReportOptions(details=job.details)
@@ -409,4 +409,6 @@ def run_report_job(inspector: Inspector, job: ReportJob, references: list[Image.
     for entry in chosen:
         write_report([entry], job.out / "images", entry.inspection.image_id, job.formats, (), settings,
                      assistant if entry.explanation else None, options, batch.thresholds)
+    for entry in seen:
+        entry.inspection.image = None
     return ReportRun(batch, written, assistant)

@@ -28,7 +28,6 @@ Nothing is ever unpickled.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import time
@@ -45,6 +44,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..configs import from_dict
+from ..digests import tensors_digest
 from ..errors import AnomalyVLMError
 from ..files import atomic_path, write_json
 from ..synth.foreground import estimate_foreground
@@ -162,13 +162,8 @@ class LearnedSegmenter(nn.Module):
 
 
 def weights_digest(model: nn.Module) -> str:
-    """sha256 over the state dict (names, shapes, bytes) in name order: equal digests, equal weights."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    """The digest of the model's state (equal digests, equal weights), as every other model is digested."""
+    return tensors_digest(model.state_dict())
 
 
 # Images and simulated batches ---------------------------------------------------
