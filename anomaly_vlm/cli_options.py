@@ -145,7 +145,7 @@ BACKBONE = [Option(BackboneConfig, "name", "--backbone"), Option(BackboneConfig,
 
 LOCALIZER = [Option(ScorerOptions, "mode"), *BACKBONE, Option(ScorerOptions, "prompts"),
              Option(ScorerOptions, "features"), Option(InputOptions, "references"), Option(InputOptions, "shots"),
-             Option(InputOptions, "product"), Option(ScorerOptions, "batch_size"),
+             Option(InputOptions, "product"), Option(ScorerOptions, "batch_size"), Option(ScorerOptions, "keep_aspect"),
              Option(ScorerOptions, "image_score"),
              Option(FusionConfig, "weights", "--fusion-weights", parse=fusion_weights),
              Option(VerdictConfig, "threshold", parse=threshold_value),

@@ -88,7 +88,7 @@ def build_inspection(image_id: str, anomaly_map: np.ndarray, image_score: float,
         regions = with_attributes(regions, image, anomaly_map, thresholds.lowest, size)
     return Inspection(image_id, float(image_score), thresholds.fail, regions, models, size, image=image,
                       anomaly_map=np.asarray(anomaly_map, dtype=np.float32), review_threshold=thresholds.review,
-                      threshold_source=thresholds.source, notes=notes)
+                      threshold_source=thresholds.source, notes=notes, map_size=(map_width, map_height))
 
 
 def attach_image(inspection: Inspection, image: Image.Image) -> None:

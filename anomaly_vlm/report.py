@@ -190,6 +190,9 @@ def _model_lines(document: dict, words: dict) -> list[str]:
 
     localizers = list(dict.fromkeys(describe_models(i["models"]) for i in document["images"] if i["models"]))
     lines = [words["model_lines"]["localizer"].format(name) for name in localizers]
+    sizes = list(dict.fromkeys(f"{i['map_size'][0]}x{i['map_size'][1]}" for i in document["images"] if i.get("map_size")))
+    if sizes:
+        lines.append(words["model_lines"]["resolution"].format(", ".join(sizes)))
     if document["assistant"]:
         lines.append(words["model_lines"]["assistant"].format(describe_assistant(document["assistant"])))
     thresholds = document["summary"]["thresholds"]

@@ -11,6 +11,7 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -46,7 +47,7 @@ def write_score_outputs(run: BatchRun, out: str | Path, save_maps: bool = True) 
                   "threshold": inspection.threshold, "review_threshold": inspection.review_threshold,
                   **record.scores, "modes": list(record.modes), "ground_truth": sample.label,
                   "category": sample.category, "defect": sample.defect, "image_size": list(record.image_size),
-                  "reused": scored.reused}
+                  "map_size": list(inspection.map_size), "reused": scored.reused}
         if pixel_truth:
             try:
                 masks.append(_mask_of(sample, record.image_size, scored.anomaly_map.shape))
@@ -90,6 +91,10 @@ def _metrics(results: list[dict], masks: list[np.ndarray], maps: list[np.ndarray
         return {}
     metrics = image_metrics(labels, np.array([r["score"] for r in labelled]))
     if masks and len(masks) == len(results) and np.any([m.any() for m in masks]):
+        shape = maps[0].shape  # sets of other aspects were scored at other sizes: compare at the first's
+        maps = [m if m.shape == shape else cv2.resize(m, shape[::-1], interpolation=cv2.INTER_LINEAR) for m in maps]
+        masks = [m if m.shape == shape else cv2.resize(m.astype(np.uint8), shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+                 for m in masks]
         metrics.update(pixel_metrics(np.stack(masks), np.stack(maps)))
     return metrics
 

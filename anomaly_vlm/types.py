@@ -142,7 +142,8 @@ class Findings:
 class Inspection:
     """The outcome of inspecting one image: score, threshold and proposed regions, and which models made them.
 
-    `image_size` (width, height) is the size the region boxes are in pixels of.
+    `image_size` (width, height) is the size the region boxes are in pixels of;
+    `map_size` (width, height) the resolution the localizer worked at.
     Scores are stored at full precision so the label read back from JSON is the
     label that was written; regions round as `Findings` rounds them. `image` and
     `anomaly_map` travel along in memory (the assistant and reports need them) but
@@ -160,6 +161,7 @@ class Inspection:
     review_threshold: float | None = None
     threshold_source: str = "fixed"
     notes: str | None = None
+    map_size: tuple[int, int] | None = None
 
     @property
     def label(self) -> int:
@@ -179,12 +181,13 @@ class Inspection:
                 "review_threshold": self.review_threshold, "threshold_source": self.threshold_source,
                 "verdict": self.verdict, "label": self.label, "regions": [r.to_dict() for r in self.regions],
                 "models": dict(self.models), "image_size": None if self.image_size is None else list(self.image_size),
-                "notes": self.notes}
+                "map_size": None if self.map_size is None else list(self.map_size), "notes": self.notes}
 
     @classmethod
     def from_dict(cls, data: dict) -> Inspection:
-        size = data.get("image_size")
+        size, map_size = data.get("image_size"), data.get("map_size")
         return cls(data["image_id"], data["image_score"], data["threshold"],
                    [Region.from_dict(r) for r in data["regions"]], dict(data["models"]),
                    None if size is None else tuple(size), review_threshold=data.get("review_threshold"),
-                   threshold_source=data.get("threshold_source", "fixed"), notes=data.get("notes"))
+                   threshold_source=data.get("threshold_source", "fixed"), notes=data.get("notes"),
+                   map_size=None if map_size is None else tuple(map_size))

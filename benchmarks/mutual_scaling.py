@@ -76,9 +76,9 @@ def all_pairs(patches: torch.Tensor, block: int = 4) -> torch.Tensor:
     return out
 
 
-def finish(scorer: MutualScorer, features: torch.Tensor, keys: list[str]):
-    """`MutualScorer.score` after feature extraction: maps and image scores."""
-    anomaly_map, map_max = finish_maps(scorer.patch_scores(features, keys), scorer.source.image_size, scorer.config)
+def finish(scorer: MutualScorer, features: torch.Tensor, keys: list[str], size: tuple[int, int]):
+    """`MutualScorer.score` after feature extraction at working `size`: maps and image scores."""
+    anomaly_map, map_max = finish_maps(scorer.patch_scores(features, keys), size, scorer.config)
     return anomaly_map, z_to_unit(scorer.rescore(map_max, features), scorer.config.midpoint, scorer.config.width)
 
 
@@ -95,13 +95,13 @@ def quality(ks: list[int], seeds: list[int]) -> None:
         samples = read_category(root)
         images = [load_image(s.path) for s in samples]
         labels = np.array([s.label for s in samples])
-        size = source.image_size
+        size = source.working_size(images)
         masks = None
         if samples[0].pixel_truth:
-            masks = np.stack([load_mask(s.mask_path, (size, size)) if s.mask_path else np.zeros((size, size), bool)
+            masks = np.stack([load_mask(s.mask_path, size[::-1]) if s.mask_path else np.zeros(size, bool)
                               for s in samples])
         start = time.perf_counter()
-        features = extract_all(source, images, config.batch_size, "features", False)
+        features = extract_all(source, images, size, config.batch_size, "features", False)
         features = Standardizer(features, source.standardize)(features)
         scorer = TableScorer(source, config, features)
         keys = [image_digest(image) for image in images]
@@ -109,7 +109,7 @@ def quality(ks: list[int], seeds: list[int]) -> None:
         for k in ks:
             for seed in (seeds if 0 < k < len(images) - 1 else seeds[:1]):
                 scorer.config = replace(config, sample_size=k, seed=seed)
-                maps, scores = finish(scorer, features, keys)
+                maps, scores = finish(scorer, features, keys, size)
                 row = rows.setdefault(k, {})
                 row.setdefault(f"{name} image", []).append(auroc(labels, scores))
                 if masks is not None:

@@ -108,9 +108,10 @@ class ClipBackbone(nn.Module):
     def text_width(self) -> int:
         return self.model.token_embedding.weight.shape[1]
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """Resize straight to S x S (bicubic, no aspect preservation) and normalize: (3, S, S)."""
-        resized = image.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
+    def preprocess(self, image: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Resize straight to `size` = (height, width), S x S by default (bicubic), and normalize: (3, H, W)."""
+        height, width = size or (self.image_size, self.image_size)
+        resized = image.convert("RGB").resize((width, height), Image.BICUBIC)
         tensor = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
         return (tensor - self.mean.cpu()) / self.std.cpu()
 

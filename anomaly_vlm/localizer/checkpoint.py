@@ -148,6 +148,6 @@ def import_reference(path: str | Path, out: str | Path, backbone: str = "ViT-L-1
         param.data.copy_(value)
     meta = PromptCheckpoint(
         backbone=backbone, weights=weights, image_size=image_size, text_width=width, prompt=prompt,
-        localizer=LocalizerConfig(layers=layers, compat=True), source=f"imported from AnomalyCLIP {path.name}",
+        localizer=LocalizerConfig(layers=layers, compat=True, keep_aspect=False), source=f"imported from AnomalyCLIP {path.name}",
     )
     return save_prompts(out, learner, meta)

@@ -33,3 +33,4 @@ class LocalizerConfig:
     sigma: float = field(default=4.0, metadata={"help": "Gaussian smoothing of the final map, in pixels"})
     image_score: ImageScore = field(default="global", metadata={"help": "global (CLS), max (map maximum) or blend"})
     compat: bool = field(default=False, metadata={"help": "reproduce AnomalyCLIP's reference numerics exactly"})
+    keep_aspect: bool = field(default=True, metadata={"help": "keep the set's aspect ratio, scoring square tiles, instead of squashing to a square"})

@@ -25,11 +25,12 @@ class DistanceMapConfig:
     width: float = field(default=1.0, metadata={"help": "softness of the 0..1 scale around the midpoint"})
 
 
-def extract_all(source: FeatureSource, images: list[Image.Image], batch_size: int, desc: str, progress: bool) -> torch.Tensor:
-    """Patch features of every image: (B, C, h, w), on the CPU in float32."""
+def extract_all(source: FeatureSource, images: list[Image.Image], size: tuple[int, int], batch_size: int, desc: str,
+                progress: bool) -> torch.Tensor:
+    """Patch features of every image at the working `size` (height, width): (B, C, h, w), on the CPU in float32."""
     parts = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
-        batch = torch.stack([source.preprocess(image) for image in images[start : start + batch_size]])
+        batch = torch.stack([source.preprocess(image, size) for image in images[start : start + batch_size]])
         parts.append(source.extract(batch).float().cpu())
     return torch.cat(parts)
 
@@ -47,9 +48,9 @@ class Standardizer:
         return (features - self.mean) / self.std if self.enabled else features
 
 
-def finish_maps(z_maps: torch.Tensor, size: int, config: DistanceMapConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Patch-grid z maps (B, h, w) -> smoothed 0..1 maps (B, size, size) and the map maxima in z units."""
-    up = F.interpolate(z_maps.unsqueeze(1).float(), size=(size, size), mode="bilinear", align_corners=False)
+def finish_maps(z_maps: torch.Tensor, size: tuple[int, int], config: DistanceMapConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Patch-grid z maps (B, h, w) -> smoothed 0..1 maps (B, *size) and the map maxima in z units."""
+    up = F.interpolate(z_maps.unsqueeze(1).float(), size=tuple(size), mode="bilinear", align_corners=False)
     z = smooth(up[:, 0].numpy(), config.sigma)
     return z_to_unit(z, config.midpoint, config.width).astype(np.float32), z.reshape(len(z), -1).max(axis=1)
 

@@ -81,7 +81,14 @@ class ScorerOptions:
     self_similarity: SelfConfig = field(default_factory=SelfConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     batch_size: int = field(default=8, metadata={"help": "images per forward pass, in every mode"})
+    keep_aspect: bool | None = field(default=None, metadata={
+        "help": "keep each set's aspect ratio (CLIP reads square tiles) instead of squashing images to squares; "
+                "default: kept, except with prompts imported from AnomalyCLIP"})
     progress: bool = True
+
+    @property
+    def features_keep_aspect(self) -> bool:
+        return True if self.keep_aspect is None else self.keep_aspect
 
 
 @dataclass
@@ -111,6 +118,8 @@ def build_scorer(options: ScorerOptions = ScorerOptions(), references: list[Imag
                 prompt = mode if mode in ("prompt", "ensemble") else None
                 localizer = build_localizer(options.prompts, prompt, options.backbone, options.localizer, options.image_score)
                 localizer.batch_size = options.batch_size
+                if options.keep_aspect is not None:
+                    localizer.config = replace(localizer.config, keep_aspect=options.keep_aspect)
                 backbone = localizer.backbone
             else:
                 backbone = load_backbone(_backbone_config(options))
@@ -120,7 +129,7 @@ def build_scorer(options: ScorerOptions = ScorerOptions(), references: list[Imag
             reason = str(exc).splitlines()[0]
             notices.append(f"{reason}\nNo CLIP weights: scoring with the built-in features (no download needed). "
                            "To use CLIP, put its weights in place (README, 'Model weights') or pass --weights FILE.")
-    source = _feature_source(options.features, backbone)
+    source = _feature_source(options.features, backbone, options.features_keep_aspect)
     if mode is None:
         mode = "fused" if localizer and references else "prompt" if localizer else "reference" if references else "mutual"
         localizer = localizer if mode in ("fused", "prompt") else None
@@ -162,27 +171,27 @@ def for_set(scorer: AnomalyScorer, count: int) -> tuple[AnomalyScorer, str | Non
 
 def product_source(options: ScorerOptions, banks: list[str]):
     """The feature source a saved product is scored on: CLIP when asked, or when it has a CLIP bank and weights load."""
-    choice = options.features
+    choice, keep_aspect = options.features, options.features_keep_aspect
     if choice == "auto" and "clip" in banks:
         try:
-            return build_feature_source("clip", backbone=load_backbone(_backbone_config(options)))
+            return build_feature_source("clip", backbone=load_backbone(_backbone_config(options)), keep_aspect=keep_aspect)
         except WeightsNotFoundError:
             if "builtin" not in banks:
                 raise
         choice = "builtin"
     if choice == "clip":
-        return build_feature_source("clip", backbone=load_backbone(_backbone_config(options)))
-    return build_feature_source("builtin")
+        return build_feature_source("clip", backbone=load_backbone(_backbone_config(options)), keep_aspect=keep_aspect)
+    return build_feature_source("builtin", keep_aspect=keep_aspect)
 
 
 def _backbone_config(options: ScorerOptions) -> BackboneConfig:
     return BackboneConfig(**{k: v for k, v in options.backbone.items() if v is not None})
 
 
-def _feature_source(choice: FeatureChoice, backbone: ClipBackbone | None):
+def _feature_source(choice: FeatureChoice, backbone: ClipBackbone | None, keep_aspect: bool):
     if choice == "clip" or (choice == "auto" and backbone is not None):
-        return build_feature_source("clip", backbone=backbone)
-    return build_feature_source("builtin")
+        return build_feature_source("clip", backbone=backbone, keep_aspect=keep_aspect)
+    return build_feature_source("builtin", keep_aspect=keep_aspect)
 
 
 def describe_models(models: dict) -> str:

@@ -2,7 +2,9 @@
 
 `clip` reads tapped layers of the CLIP image tower; `builtin` is a fixed filter bank
 that needs no download at all (the offline default, see DESIGN.md). Both give a
-(B, C, h, w) grid of patch features for a batch of preprocessed images.
+(B, C, h, w) grid of patch features for a batch of preprocessed images. A source
+works at one (height, width) per set (`working_size`): the set's aspect ratio is kept
+unless `keep_aspect` is off (tiling.py).
 """
 
 from __future__ import annotations
@@ -17,15 +19,20 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..clip import ClipBackbone, default_taps, encode_image_dense
+from .tiling import stitch, tiles, working_size
 
 
 class FeatureSource(Protocol):
     name: str
     image_size: int
+    stride: int
+    """Pixels per patch of the working image."""
     standardize: bool
     """Whether channels differ in scale, so a set must be standardized before distances."""
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor: ...
+    def working_size(self, images: list[Image.Image]) -> tuple[int, int]: ...
+
+    def preprocess(self, image: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor: ...
 
     def extract(self, images: torch.Tensor) -> torch.Tensor: ...
 
@@ -53,8 +60,9 @@ def build_feature_source(name: str, **options) -> FeatureSource:
 class BuiltinFeatureConfig:
     """The download-free filter bank: colour, gradient and curvature statistics per patch."""
 
-    image_size: int = field(default=256, metadata={"help": "working resolution in pixels"})
-    grid_size: int = field(default=32, metadata={"help": "patch grid side; patches are image_size / grid_size wide"})
+    image_size: int = field(default=256, metadata={"help": "shorter side of the working image in pixels"})
+    grid_size: int = field(default=32, metadata={"help": "patches along the shorter side; patches are image_size / grid_size wide"})
+    keep_aspect: bool = field(default=True, metadata={"help": "keep the set's aspect ratio instead of squashing to a square"})
     sigmas: tuple[float, ...] = field(default=(1.0, 2.0, 4.0), metadata={"help": "filter scales in pixels at 256 px"})
 
 
@@ -157,12 +165,21 @@ class BuiltinFeatures:
     def __init__(self, config: BuiltinFeatureConfig = BuiltinFeatureConfig()):
         self.config = config
         self.image_size = config.image_size
+        self.stride = max(1, config.image_size // config.grid_size)
         self._kernels = [(s, _gaussian_derivatives(s * config.image_size / 256)) for s in config.sigmas]
         self._filter_bank: _FilterBank | None = None
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        resized = image.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
+    def working_size(self, images: list[Image.Image]) -> tuple[int, int]:
+        return working_size(images, self.image_size, self.stride, self.config.keep_aspect)
+
+    def preprocess(self, image: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
+        height, width = size or (self.image_size, self.image_size)
+        resized = image.convert("RGB").resize((width, height), Image.BICUBIC)
         return torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+    def grid(self, size: tuple[int, int]) -> tuple[int, int]:
+        """Patches along each side of a working image: `grid_size` along the shorter side, as many along the other."""
+        return tuple(max(1, round(side * self.config.grid_size / self.image_size)) for side in size)
 
     def _bank(self, size: tuple[int, int]) -> _FilterBank:
         if self._filter_bank is None or self._filter_bank.size != tuple(size):
@@ -203,7 +220,7 @@ class BuiltinFeatures:
 
     @torch.no_grad()
     def extract(self, images: torch.Tensor) -> torch.Tensor:
-        grid = self.config.grid_size
+        grid = self.grid(tuple(images.shape[-2:]))
         means, spreads = [], []
         # Pooled a scale at a time (bounded memory), in float64: the spread is sqrt(E[x^2] - E[x]^2), which in
         # float32 loses everything to cancellation where a response is nearly constant over a patch.
@@ -215,47 +232,66 @@ class BuiltinFeatures:
         return torch.cat(means + spreads, dim=1).float()
 
     def describe(self) -> dict:
-        return {"features": self.name, "feature_image_size": self.image_size, "feature_grid": self.config.grid_size}
+        return {"features": self.name, "feature_image_size": self.image_size, "feature_grid": self.config.grid_size,
+                "keep_aspect": self.config.keep_aspect}
 
 
 @register_feature_source("builtin")
-def _builtin(image_size: int | None = None, grid_size: int | None = None, **_) -> BuiltinFeatures:
+def _builtin(image_size: int | None = None, grid_size: int | None = None, keep_aspect: bool = True, **_) -> BuiltinFeatures:
     config = BuiltinFeatureConfig()
-    return BuiltinFeatures(BuiltinFeatureConfig(image_size or config.image_size, grid_size or config.grid_size))
+    return BuiltinFeatures(BuiltinFeatureConfig(image_size or config.image_size, grid_size or config.grid_size,
+                                                keep_aspect=keep_aspect))
 
 
 class ClipFeatures:
     """Tapped layers of a frozen CLIP image tower (ordinary attention, no surgery).
 
     Each layer's tokens are layer-normalized and unit-length; layers are concatenated
-    with weight 1/sqrt(L), so a squared distance is the mean over layers.
+    with weight 1/sqrt(L), so a squared distance is the mean over layers. A working
+    image that is not square is read as overlapping square tiles at the backbone's
+    size, stitched on the patch grid.
     """
 
     name = "clip"
     standardize = False
 
-    def __init__(self, backbone: ClipBackbone, layers: tuple[int, ...] | None = None):
+    def __init__(self, backbone: ClipBackbone, layers: tuple[int, ...] | None = None, keep_aspect: bool = True):
         self.backbone = backbone
         self.layers = tuple(layers) if layers else default_taps(backbone.vision_depth)
         self.image_size = backbone.image_size
+        self.stride = backbone.patch_size
+        self.keep_aspect = keep_aspect
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return self.backbone.preprocess(image)
+    def working_size(self, images: list[Image.Image]) -> tuple[int, int]:
+        return working_size(images, self.image_size, self.stride, self.keep_aspect)
+
+    def preprocess(self, image: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
+        return self.backbone.preprocess(image, size)
 
     @torch.no_grad()
-    def extract(self, images: torch.Tensor) -> torch.Tensor:
+    def _extract_square(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.backbone.device, self.backbone.dtype)
         tokens = encode_image_dense(self.backbone.model.visual, images, self.layers, None, project=False).patch_tokens
         features = torch.cat(tokens, dim=-1).float().cpu() / math.sqrt(len(tokens))
         grid = self.backbone.grid_size
         return features.transpose(1, 2).reshape(len(images), -1, grid, grid)
 
+    def extract(self, images: torch.Tensor) -> torch.Tensor:
+        size, side = tuple(images.shape[-2:]), self.image_size
+        if size == (side, side):
+            return self._extract_square(images)
+        corners = tiles(size, side, self.stride)
+        parts = [self._extract_square(images[..., top : top + side, left : left + side]) for top, left in corners]
+        return stitch(parts, corners, size, self.stride)
+
     def describe(self) -> dict:
-        return {"features": self.name, **self.backbone.describe(), "feature_layers": list(self.layers)}
+        return {"features": self.name, **self.backbone.describe(), "feature_layers": list(self.layers),
+                "keep_aspect": self.keep_aspect}
 
 
 @register_feature_source("clip")
-def _clip(backbone: ClipBackbone | None = None, layers: tuple[int, ...] | None = None, **_) -> ClipFeatures:
+def _clip(backbone: ClipBackbone | None = None, layers: tuple[int, ...] | None = None, keep_aspect: bool = True,
+          **_) -> ClipFeatures:
     if backbone is None:
         raise ValueError("the clip feature source needs a loaded CLIP backbone")
-    return ClipFeatures(backbone, layers)
+    return ClipFeatures(backbone, layers, keep_aspect)

@@ -14,6 +14,7 @@ from ..clip import ClipBackbone, VisualFeatures, default_taps, encode_image_dens
 from .config import LocalizerConfig
 from .prompt_learner import ABNORMAL, NORMAL, PromptLearner, StateText
 from .scorer import Prediction, smooth
+from .tiling import stitch, tiles, working_size
 
 
 @dataclass
@@ -87,11 +88,23 @@ class Localizer(nn.Module):
         return LocalizerOutput(layer_probs, global_logits.float())
 
     @torch.no_grad()
+    def _raw(self, images: torch.Tensor, object_name: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unsmoothed maps (B, H, W) and global abnormal probabilities (B,); non-square images go by square tiles."""
+        side, patch = self.backbone.image_size, self.backbone.patch_size
+        size = tuple(images.shape[-2:])
+        if size == (side, side):
+            output = self(images, object_name)
+            return torch.stack(output.layer_maps()).mean(dim=0).float().cpu(), output.global_logits.softmax(dim=-1)[:, ABNORMAL].cpu()
+        corners = tiles(size, side, patch)
+        maps, globals_ = zip(*(self._raw(images[..., top : top + side, left : left + side], object_name) for top, left in corners))
+        return stitch([m.unsqueeze(1) for m in maps], corners, size)[:, 0], torch.stack(globals_).amax(dim=0)
+
+    @torch.no_grad()
     def predict(self, images: torch.Tensor, object_name: str | None = None) -> Prediction:
-        output = self(images, object_name)
-        raw = torch.stack(output.layer_maps()).mean(dim=0)
-        anomaly_map = smooth(raw.cpu().numpy().astype(np.float32), self.config.sigma)
-        global_score = output.global_logits.softmax(dim=-1)[:, ABNORMAL].cpu().numpy()
+        """Maps and scores of preprocessed images; a tiled image's global score is its most abnormal tile's."""
+        raw, global_score = self._raw(images, object_name)
+        anomaly_map = smooth(raw.numpy().astype(np.float32), self.config.sigma)
+        global_score = global_score.numpy()
         max_score = anomaly_map.reshape(len(anomaly_map), -1).max(axis=1)
         image_score = {
             "global": global_score,
@@ -102,9 +115,10 @@ class Localizer(nn.Module):
 
     def score(self, images: list[Image.Image], object_name: str | None = None) -> Prediction:
         """`predict` over a list of images, `batch_size` at a time."""
+        size = working_size(images, self.backbone.image_size, self.backbone.patch_size, self.config.keep_aspect)
         parts = []
         for start in range(0, len(images), self.batch_size):
-            batch = torch.stack([self.backbone.preprocess(image) for image in images[start : start + self.batch_size]])
+            batch = torch.stack([self.backbone.preprocess(image, size) for image in images[start : start + self.batch_size]])
             parts.append(self.predict(batch, object_name))
         return Prediction.concat(parts)
 
@@ -119,4 +133,5 @@ class Localizer(nn.Module):
             "surgery_start": self.surgery_start,
             "image_score": self.config.image_score,
             "compat": self.config.compat,
+            "keep_aspect": self.config.keep_aspect,
         }

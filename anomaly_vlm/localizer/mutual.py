@@ -135,10 +135,11 @@ class MutualScorer:
                 f"{self.config.min_images}; got {len(images)}" + (f" for {object_name!r}" if object_name else "")
                 + ". Score more images together, or give normal references (--mode reference --references DIR)."
             )
-        features = extract_all(self.source, images, self.config.batch_size, "mutual features", self.progress)
+        size = self.source.working_size(images)
+        features = extract_all(self.source, images, size, self.config.batch_size, "mutual features", self.progress)
         features = Standardizer(features, self.source.standardize)(features)
         keys = [image_digest(image) for image in images] if 0 < self.config.sample_size < len(images) - 1 else None
-        anomaly_map, map_max = finish_maps(self.patch_scores(features, keys), self.source.image_size, self.config)
+        anomaly_map, map_max = finish_maps(self.patch_scores(features, keys), size, self.config)
         rescored = self.rescore(map_max, features)
         image_score = z_to_unit(rescored, self.config.midpoint, self.config.width)
         return Prediction(anomaly_map, image_score, {"mutual_map_max_z": map_max, "mutual_image_z": rescored}, (self.mode,))

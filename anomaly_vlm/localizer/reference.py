@@ -35,10 +35,22 @@ AUGMENTATIONS = {
 }
 
 
+QUARTER_TURNS = ("rot90", "rot270")
+
+
 def check_augmentations(names: tuple[str, ...]) -> None:
     unknown = set(names) - set(AUGMENTATIONS)
     if unknown:
         raise ValueError(f"unknown augmentations {sorted(unknown)}; choose from {', '.join(AUGMENTATIONS)}")
+
+
+def shape_preserving(names: tuple[str, ...], size: tuple[int, int]) -> tuple[str, ...]:
+    """The augmentations that keep a working image of `size` its shape: quarter turns only for squares.
+
+    A tall part turned on its side is no longer the part the camera sees, and its
+    grid would not line up with the others.
+    """
+    return tuple(name for name in names if size[0] == size[1] or name not in QUARTER_TURNS)
 
 
 @dataclass
@@ -72,11 +84,12 @@ class ReferenceScorer:
         self.num_references = 0
         self.references_digest: str | None = None
         self.grid: tuple[int, int] = (0, 0)
+        self.size: tuple[int, int] = (source.image_size, source.image_size)
 
     def _augmented_features(self, references: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
         """Features of the references and of each augmentation, with the reference index of each."""
-        tensors = torch.stack([self.source.preprocess(image) for image in references])
-        variants = [tensors] + [AUGMENTATIONS[name](tensors) for name in self.config.augmentations]
+        tensors = torch.stack([self.source.preprocess(image, self.size) for image in references])
+        variants = [tensors] + [AUGMENTATIONS[name](tensors) for name in shape_preserving(self.config.augmentations, self.size)]
         features, owners = [], []
         for variant in variants:
             for start in range(0, len(variant), self.config.batch_size):
@@ -87,6 +100,7 @@ class ReferenceScorer:
     def fit(self, references: list[Image.Image]) -> ReferenceScorer:
         if not references:
             raise AnomalyVLMError("reference scoring needs at least one normal reference image")
+        self.size = self.source.working_size(references)
         features, owners = self._augmented_features(references)
         self.standardizer = Standardizer(features, self.source.standardize)
         features = self.standardizer(features)
@@ -117,7 +131,7 @@ class ReferenceScorer:
     def score(self, images: list[Image.Image], object_name: str | None = None) -> Prediction:
         if not self.banks:
             raise AnomalyVLMError("reference scoring: call fit() with normal reference images first")
-        features = self.standardizer(extract_all(self.source, images, self.config.batch_size, "reference features", self.progress))
+        features = self.standardizer(extract_all(self.source, images, self.size, self.config.batch_size, "reference features", self.progress))
         grid = features.shape[2:]
         total = torch.zeros(len(images), *grid)
         for size, bank in zip(self.config.neighbourhoods, self.banks):
@@ -126,7 +140,7 @@ class ReferenceScorer:
             # With one reference there is no leave-one-out scale; the scored set stands in for it.
             normal = bank.normal if len(bank.normal) else distances
             total += normalize_scale(distances, normal).view(len(images), *grid)
-        anomaly_map, map_max = finish_maps(total / len(self.banks), self.source.image_size, self.config)
+        anomaly_map, map_max = finish_maps(total / len(self.banks), self.size, self.config)
         image_score = z_to_unit(map_max, self.config.midpoint, self.config.width)
         return Prediction(anomaly_map, image_score, {"reference_map_max_z": map_max}, (self.mode,))
 
@@ -151,7 +165,7 @@ class ReferenceScorer:
             for j in range(count):
                 others = torch.cat([blocks[:j], blocks[j + 1 :]]).flatten()
                 total[j] += normalize_scale(blocks[j], others).view(self.grid)
-        anomaly_map, map_max = finish_maps(total / len(self.banks), self.source.image_size, self.config)
+        anomaly_map, map_max = finish_maps(total / len(self.banks), self.size, self.config)
         image_score = z_to_unit(map_max, self.config.midpoint, self.config.width)
         return Prediction(anomaly_map, image_score, {"reference_map_max_z": map_max}, (self.mode,))
 
@@ -175,6 +189,7 @@ class ReferenceScorer:
             "num_references": self.num_references,
             "references_digest": self.references_digest,
             "grid": list(self.grid),
+            "size": list(self.size),
         }
         return tensors, meta
 
@@ -200,6 +215,7 @@ class ReferenceScorer:
             scorer.num_references = int(meta["num_references"])
             scorer.references_digest = meta["references_digest"]
             scorer.grid = (int(meta["grid"][0]), int(meta["grid"][1]))
+            scorer.size = tuple(int(side) for side in meta.get("size", scorer.size))
             scorer.banks = [
                 _Bank(tensors[f"banks.{i}.patches"], tensors[f"banks.{i}.owner"], tensors[f"banks.{i}.normal"])
                 for i in range(len(scorer.config.neighbourhoods))
@@ -223,6 +239,7 @@ class ReferenceScorer:
             **self.source.describe(),
             "references": self.num_references,
             "references_digest": self.references_digest,
-            "augmentations": list(self.config.augmentations),
+            "working_size": list(self.size),
+            "augmentations": list(shape_preserving(self.config.augmentations, self.size)),
             "neighbourhoods": list(self.config.neighbourhoods),
         }

@@ -24,7 +24,7 @@ from ..errors import AnomalyVLMError
 from .distance_maps import DistanceMapConfig, Standardizer, finish_maps, normalize_scale
 from .features import FeatureSource
 from .neighbours import as_patches, neighbourhood_average
-from .reference import AUGMENTATIONS, check_augmentations
+from .reference import AUGMENTATIONS, check_augmentations, shape_preserving
 from .scorer import Prediction, z_to_unit
 
 
@@ -50,15 +50,16 @@ class SelfScorer:
         self.progress = progress
         self._near: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def variant_features(self, images: list[Image.Image]) -> Iterator[torch.Tensor]:
+    def variant_features(self, images: list[Image.Image], size: tuple[int, int]) -> Iterator[torch.Tensor]:
         """Per image, in order: features (1 + augmentations, C, h, w) of it and its copies, standardized on them alone.
 
         Extracted `batch_size` images at a time and handed out as they come, so only one pass is held.
         """
         per_pass = max(1, self.config.batch_size)
+        augmentations = shape_preserving(self.config.augmentations, size)
         for start in range(0, len(images), per_pass):
-            tensors = torch.stack([self.source.preprocess(image) for image in images[start : start + per_pass]])
-            variants = torch.stack([tensors] + [AUGMENTATIONS[name](tensors) for name in self.config.augmentations], dim=1)
+            tensors = torch.stack([self.source.preprocess(image, size) for image in images[start : start + per_pass]])
+            variants = torch.stack([tensors] + [AUGMENTATIONS[name](tensors) for name in augmentations], dim=1)
             features = self.source.extract(variants.flatten(0, 1)).float().cpu()
             for one in features.view(len(tensors), variants.shape[1], *features.shape[1:]):
                 yield Standardizer(one, self.source.standardize)(one)
@@ -77,7 +78,8 @@ class SelfScorer:
         key = (h, w, reach)
         if key not in self._near:
             index = torch.arange(h * w).view(h, w)
-            sources = torch.cat([index.flatten()] + [AUGMENTATIONS[name](index).flatten() for name in self.config.augmentations])
+            copies = shape_preserving(self.config.augmentations, (h, w))
+            sources = torch.cat([index.flatten()] + [AUGMENTATIONS[name](index).flatten() for name in copies])
             near_rows = (torch.arange(h).unsqueeze(1) - sources // w).abs().le(reach)
             near_cols = (torch.arange(w).unsqueeze(1) - sources % w).abs().le(reach)
             self._near[key] = near_rows, near_cols
@@ -111,10 +113,11 @@ class SelfScorer:
     def score(self, images: list[Image.Image], object_name: str | None = None) -> Prediction:
         if not images:
             raise AnomalyVLMError("self scoring needs at least one image")
-        steps = tqdm(self.variant_features(images), total=len(images), desc="self scoring", unit="img",
+        size = self.source.working_size(images)
+        steps = tqdm(self.variant_features(images, size), total=len(images), desc="self scoring", unit="img",
                      disable=not self.progress, leave=False)
         maps = [self.patch_scores(variants) for variants in steps]
-        anomaly_map, map_max = finish_maps(torch.stack(maps), self.source.image_size, self.config)
+        anomaly_map, map_max = finish_maps(torch.stack(maps), size, self.config)
         image_score = z_to_unit(map_max, self.config.midpoint, self.config.width)
         return Prediction(anomaly_map, image_score, {"self_map_max_z": map_max}, (self.mode,))
 
