@@ -83,7 +83,8 @@ def cmd_train_prompts(args: argparse.Namespace) -> int:
     import torch
 
     from .io import read_dataset, usable_samples
-    from .localizer import PromptCheckpoint, TrainConfig, build_localizer, train_prompts
+    from .localizer import TrainConfig, build_localizer, train_prompts
+    from .localizer.checkpoint import checkpoint_meta
 
     samples, failures = usable_samples([s for root in args.data for s in read_dataset(root, args.categories, args.split)])
     for failure in failures:
@@ -97,13 +98,8 @@ def cmd_train_prompts(args: argparse.Namespace) -> int:
 
     layers = given(args, LocalizerConfig).get("layers")
     localizer = build_localizer(None, "prompt", given(args, BackboneConfig), LocalizerConfig(layers=layers) if layers else None)
-    backbone = localizer.backbone
-    meta = PromptCheckpoint(
-        backbone=backbone.name, weights=BackboneConfig(**given(args, BackboneConfig)).weights,
-        image_size=backbone.image_size,
-        text_width=backbone.text_width, prompt=localizer.text.config, localizer=localizer.config,
-        source=f"trained on {', '.join(args.data)}",
-    )
+    meta = checkpoint_meta(localizer, BackboneConfig(**given(args, BackboneConfig)).weights,
+                           f"trained on {', '.join(args.data)}")
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     print(f"training prompts on {len(samples)} images "
           f"({sum(s.pixel_truth for s in samples)} with pixel ground truth)", file=sys.stderr)
@@ -309,15 +305,20 @@ def cmd_product_add(args: argparse.Namespace) -> int:
 
 
 def _learn(args: argparse.Namespace, store) -> None:
-    from .cli_options import configured, verdict_config
+    from .cli_options import configured, scorer_options, verdict_config
     from .localizer.learned import LearnConfig
-    from .products import LEARNED_KEY, learn_product_profile
+    from .localizer.product_prompts import ProductPromptConfig
+    from .products import LEARNED_KEY, PROMPTS_KEY, learn_product_profile
     from .verdicts import describe_thresholds
 
-    profile = learn_product_profile(store, args.name, configured(args, LearnConfig), verdict_config(args))
+    profile = learn_product_profile(store, args.name, configured(args, LearnConfig), verdict_config(args),
+                                    options=scorer_options(args, False), prompt_config=configured(args, ProductPromptConfig))
     print(f"learned localizer for {profile.name}: {profile.learned['model']}, working size "
           f"{'x'.join(map(str, profile.learned['working_size']))}")
     print(f"  fused with reference scoring: {describe_thresholds(profile.thresholds[LEARNED_KEY])}")
+    if profile.prompts:
+        print(f"learned prompts for {profile.name}: {profile.prompts['prompts']}")
+        print(f"  fused with CLIP reference scoring: {describe_thresholds(profile.thresholds[PROMPTS_KEY])}")
 
 
 def cmd_product_learn(args: argparse.Namespace) -> int:
@@ -396,7 +397,7 @@ def _inspecting(parser: argparse.ArgumentParser, max_new_tokens: int | None = No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli_options import (ASSISTANT, BACKBONE, ENGINE, LANGUAGE_MODEL, LEARNING, LOCALIZER, InputOptions,
+    from .cli_options import (ASSISTANT, BACKBONE, ENGINE, LANGUAGE_MODEL, LEARNING, LOCALIZER, PROMPT_SOURCE, InputOptions,
                               add_options)
     from .verdicts import VerdictConfig
     from .products import NAME_RULE
@@ -536,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "simulated defects; resumes after a kill")
     learn.add_argument("name")
     add_options(learn.add_argument_group("learning"), LEARNING)
+    add_options(learn.add_argument_group("CLIP (prompts are learned too where its weights load)"), PROMPT_SOURCE)
     add_options(learn.add_argument_group("verdicts"), [o for o in LOCALIZER if o.config is VerdictConfig])
     learn.set_defaults(func=cmd_product_learn)
     listing = actions.add_parser("list", help="the saved products")

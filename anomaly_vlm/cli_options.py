@@ -19,6 +19,7 @@ from .clip import BackboneConfig
 from .localizer import DEFAULT_WEIGHTS, FusionConfig, LocalizerConfig, ScorerOptions
 from .engine import EngineConfig
 from .localizer.learned import LearnConfig
+from .localizer.product_prompts import ProductPromptConfig
 from .ray_engine import RayConfig
 from .verdicts import VerdictConfig
 
@@ -156,9 +157,14 @@ ENGINE = [Option(EngineConfig, "engine"), Option(RayConfig, "address", "--ray-ad
           Option(RayConfig, "actors", "--ray-actors"), Option(RayConfig, "gpus_per_actor", "--ray-gpus")]
 """Where batch scoring runs: this process, or a Ray cluster."""
 
-LEARNING = [Option(LearnConfig, name, f"--learn-{name.replace('_', '-')}")
-            for name in ("steps", "image_size", "content", "seed", "holdout", "threads")]
-"""Learning a product's own localizer (the rest of LearnConfig keeps its defaults)."""
+LEARNING = [*(Option(LearnConfig, name, f"--learn-{name.replace('_', '-')}")
+              for name in ("steps", "image_size", "content", "seed", "holdout", "threads")),
+            Option(ProductPromptConfig, "epochs", "--learn-prompt-epochs"),
+            Option(ProductPromptConfig, "windows_per_image", "--learn-prompt-windows")]
+"""Learning a product's own localizer, and its prompts where CLIP loads (the rest keeps the configs' defaults)."""
+
+PROMPT_SOURCE = [*BACKBONE, Option(ScorerOptions, "prompts")]
+"""The CLIP a product's prompts are learned on, and the prompts they start from (fresh ones by default)."""
 
 ASSISTANT = [Option(AssistantOptions, "backend"), Option(AssistantOptions, "model"),
              Option(AssistantOptions, "adapter"),

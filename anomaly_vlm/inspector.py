@@ -22,11 +22,10 @@ from .digests import images_digest
 from .engine import Engine, EngineConfig, EngineRun, ScoredImage
 from .files import sweep_temporaries
 from .io import ImageLimits, collect_samples, load_image
-from .localizer import AnomalyScorer, ScorerOptions, build_scorer
+from .localizer import AnomalyScorer, FusedScorer, ScorerOptions, build_localizer, build_scorer
 from .localizer.factory import product_source
-from .localizer import FusedScorer
 from .localizer.learned import LearnedScorer
-from .products import LEARNED_KEY, ProductProfile, ProductStore
+from .products import LEARNED_KEY, PROMPTS_KEY, ProductProfile, ProductStore
 from .prompts import load_yaml
 from .proposals import ProposalConfig, propose, with_attributes
 from .ray_engine import RayBackend, RayConfig
@@ -158,7 +157,11 @@ class Inspector:
             return self._default
 
     def _product(self, name: str) -> _Fitted:
-        """A saved product's scorer: its reference bank, fused with its learned localizer when it has one."""
+        """A saved product's scorer: its reference bank, fused with what was learned on it for that feature source.
+
+        Built-in features go with the learned localizer, CLIP features with the
+        prompts fine-tuned on the product; either fused scorer has its own thresholds.
+        """
         profile = self.products.load(name)
         source = product_source(self.config.scorer, profile.features)
         scorer = self.products.scorer(name, source, progress=False)
@@ -166,6 +169,11 @@ class Inspector:
         if profile.learned_folder is not None and source.name == "builtin":
             scorer = FusedScorer([scorer, LearnedScorer.load(profile.learned_folder)], self.config.scorer.fusion)
             key = LEARNED_KEY
+        elif profile.prompts_folder is not None and source.name == "clip":
+            prompts = build_localizer(profile.prompts_folder, "prompt", self.config.scorer.backbone)
+            prompts.batch_size = self.config.scorer.batch_size
+            scorer = FusedScorer([prompts, scorer], self.config.scorer.fusion)
+            key = PROMPTS_KEY
         stored = profile.thresholds.get(key)
         return _Fitted(scorer, profile=profile, stored=Thresholds.from_dict(stored) if stored else None)
 

@@ -27,6 +27,8 @@ from safetensors.torch import save_file
 
 from .errors import CheckpointError, ProductError
 from .files import FILE_MODE, write_json
+from .localizer.checkpoint import CONFIG_FILE as PROMPTS_CONFIG, WEIGHTS_FILE as PROMPTS_WEIGHTS
+from .localizer.learned import CONFIG_FILE as LEARNED_CONFIG, WEIGHTS_FILE as LEARNED_WEIGHTS
 from .localizer.features import FeatureSource
 from .localizer.reference import ReferenceScorer
 
@@ -35,6 +37,10 @@ PROFILE_FILE = "profile.json"
 LEARNED_DIR = "learned"
 LEARNED_KEY = "builtin+learned"
 """The thresholds key of a learned product: reference scoring on built-in features fused with the learned model."""
+PROMPTS_DIR = "prompt_checkpoint"
+PROMPTS_KEY = "clip+prompts"
+"""The thresholds key of a product's CLIP bank fused with prompts learned on the product."""
+MODEL_FILES = {LEARNED_DIR: (LEARNED_WEIGHTS, LEARNED_CONFIG), PROMPTS_DIR: (PROMPTS_WEIGHTS, PROMPTS_CONFIG)}
 STATE_KEY = "reference_state"
 NAME_RULE = "1-64 characters of letters, digits, '.', '_' or '-', not starting with '.'"
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
@@ -77,6 +83,7 @@ class ProductProfile:
     defective: list[str]
     format_version: int = FORMAT_VERSION
     learned: dict | None = None  # the learned localizer's describe(), when the product was learned
+    prompts: dict | None = None  # the prompt localizer's describe(), when prompts were learned on the product
 
     def to_dict(self) -> dict:
         return {**asdict(self), "folder": str(self.folder)}
@@ -88,6 +95,10 @@ class ProductProfile:
     @property
     def learned_folder(self) -> Path | None:
         return self.folder / LEARNED_DIR if self.learned else None
+
+    @property
+    def prompts_folder(self) -> Path | None:
+        return self.folder / PROMPTS_DIR if self.prompts else None
 
 
 class ProductStore:
@@ -222,25 +233,30 @@ class ProductStore:
         os.rename(folder, trash)
         shutil.rmtree(trash)
 
-    def training_folder(self, name: str) -> Path:
-        """Where `product learn` trains (resumable) before the model moves into the product."""
-        return self.root / f".{check_name(name)}.learning"
+    def training_folder(self, name: str, part: str = LEARNED_DIR) -> Path:
+        """Where `product learn` trains one part (resumable) before the model moves into the product."""
+        return self.root / f".{check_name(name)}.{'learning' if part == LEARNED_DIR else part}"
 
-    def attach_learned(self, name: str, trained: Path, describe: dict, thresholds: dict) -> ProductProfile:
-        """Move a trained model into the product and record it and its thresholds; the profile is rewritten atomically."""
+    def attach(self, name: str, part: str, trained: Path, describe: dict, key: str, thresholds: dict,
+               cleanup: Path | None = None) -> ProductProfile:
+        """Move a trained model (`part`: LEARNED_DIR or PROMPTS_DIR) into the product with its thresholds under `key`.
+
+        The files are staged beside the product and renamed in, and the profile is
+        rewritten atomically; `cleanup` (the training folder) goes last.
+        """
         profile = self.load(name)
-        target = profile.folder / LEARNED_DIR
-        staging = profile.folder / f".{LEARNED_DIR}.{secrets.token_hex(4)}.tmp"
+        target = profile.folder / part
+        staging = profile.folder / f".{part}.{secrets.token_hex(4)}.tmp"
         staging.mkdir()
-        for file in ("learned.safetensors", "learned.json"):
+        for file in MODEL_FILES[part]:
             shutil.copy2(trained / file, staging / file)
         if target.exists():
             shutil.rmtree(target)
         os.rename(staging, target)
-        profile.learned = describe
-        profile.thresholds = {**profile.thresholds, LEARNED_KEY: thresholds}
+        setattr(profile, "learned" if part == LEARNED_DIR else "prompts", describe)
+        profile.thresholds = {**profile.thresholds, key: thresholds}
         write_json(profile.folder / PROFILE_FILE, profile.to_dict())
-        shutil.rmtree(trained, ignore_errors=True)
+        shutil.rmtree(cleanup or trained, ignore_errors=True)
         return profile
 
     def scorer(self, name: str, source: FeatureSource, progress: bool = True) -> ReferenceScorer:
@@ -336,31 +352,64 @@ def create_product(store: ProductStore, name: str, good: Sequence[str], defectiv
     return ProductCheck(profile, counts, failures, notices)
 
 
-def learn_product_profile(store: ProductStore, name: str, config=None, verdicts=None,
-                          progress: bool = True) -> ProductProfile:
+def learn_product_profile(store: ProductStore, name: str, config=None, verdicts=None, progress: bool = True,
+                          options=None, prompt_config=None) -> ProductProfile:
     """Train the product's own localizer on its good images (defects simulated on them) and calibrate it.
 
     Training resumes in `store.training_folder(name)` after a kill. The thresholds of
     the fused scorer (reference scoring on built-in features + the learned model) come
     from the good images the model never saw: the reference part scores them held out
-    of its bank, the learned part as new images.
+    of its bank, the learned part as new images. A product with a CLIP bank also gets
+    its object-agnostic prompts fine-tuned on the same simulations (`options` say which
+    CLIP and which prompts to start from), calibrated the same way.
     """
     from .io import load_image
-    from .localizer import DEFAULT_WEIGHTS, build_feature_source, fuse
+    from .localizer import DEFAULT_WEIGHTS, ScorerOptions, build_feature_source, fuse
     from .localizer.learned import LearnConfig, learn_product
     from .verdicts import VerdictConfig, from_good_scores
 
     profile = store.load(name)
     config, verdicts = config or LearnConfig(), verdicts or VerdictConfig()
+    options = options or ScorerOptions(progress=False)
     good = [load_image(path) for path in profile.good]
     learned = learn_product(good, store.training_folder(name), config, progress)
     held = [int(i) for i in learned.record["holdout_indices"]]
     if len(held) < 2:
         raise ProductError(f"product {name!r}: learning needs at least 2 held-out good images to calibrate on "
                            f"(it has {len(profile.good)} good images; hold out more or add images)")
-    reference = store.scorer(name, build_feature_source("builtin"), progress=False)
+    source = build_feature_source("builtin", keep_aspect=options.features_keep_aspect)
+    reference = store.scorer(name, source, progress=False)
     fused = fuse({"reference": reference.leave_one_out().take(held),
                   "learned": learned.score([good[i] for i in held])}, DEFAULT_WEIGHTS)
     what = f"{len(held)} good images held out of training, reference + learned fused"
     thresholds = from_good_scores(fused.image_score, verdicts, "product", what)
-    return store.attach_learned(name, store.training_folder(name), learned.describe(), thresholds.to_dict())
+    profile = store.attach(name, LEARNED_DIR, store.training_folder(name), learned.describe(), LEARNED_KEY,
+                           thresholds.to_dict())
+    if "clip" in profile.features:
+        profile = _learn_prompts(store, profile, good, held, options, config, prompt_config, verdicts, progress)
+    return profile
+
+
+def _learn_prompts(store: ProductStore, profile: ProductProfile, good: list, held: list[int], options, config,
+                   prompt_config, verdicts, progress: bool) -> ProductProfile:
+    """Fine-tune CLIP prompts on the product's training images with simulated defects; calibrate fused with its CLIP bank."""
+    from .localizer import DEFAULT_WEIGHTS, build_feature_source, build_localizer, fuse
+    from .localizer.checkpoint import checkpoint_meta
+    from .localizer.product_prompts import ProductPromptConfig, learn_product_prompts
+    from .verdicts import from_good_scores
+
+    localizer = build_localizer(options.prompts, "prompt", options.backbone)
+    meta = checkpoint_meta(localizer, options.backbone.get("weights"),
+                           f"fine-tuned on product {profile.name}'s good images with simulated defects")
+    folder = store.training_folder(profile.name, PROMPTS_DIR)
+    train = [image for i, image in enumerate(good) if i not in set(held)]
+    checkpoint = learn_product_prompts(localizer, train, folder, meta, config, prompt_config or ProductPromptConfig(),
+                                       progress)
+    source = build_feature_source("clip", backbone=localizer.backbone, keep_aspect=options.features_keep_aspect)
+    reference = store.scorer(profile.name, source, progress=False)
+    fused = fuse({"reference": reference.leave_one_out().take(held),
+                  "prompt": localizer.score([good[i] for i in held])}, DEFAULT_WEIGHTS)
+    what = f"{len(held)} good images held out of training, reference + learned prompts fused"
+    thresholds = from_good_scores(fused.image_score, verdicts, "product", what)
+    return store.attach(profile.name, PROMPTS_DIR, checkpoint, localizer.describe(), PROMPTS_KEY, thresholds.to_dict(),
+                        cleanup=folder)

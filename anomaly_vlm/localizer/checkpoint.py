@@ -69,6 +69,14 @@ class PromptCheckpoint:
             raise CheckpointError(f"{path}: malformed prompt checkpoint config ({exc!r})") from None
 
 
+def checkpoint_meta(localizer, weights: str | None, source: str) -> PromptCheckpoint:
+    """What a checkpoint of `localizer`'s prompt learner records: backbone, weights, sizes and settings."""
+    backbone = localizer.backbone
+    return PromptCheckpoint(backbone=backbone.name, weights=weights, image_size=backbone.image_size,
+                            text_width=backbone.text_width, prompt=localizer.text.config, localizer=localizer.config,
+                            source=source)
+
+
 def save_prompts(folder: str | Path, learner: PromptLearner, meta: PromptCheckpoint) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
