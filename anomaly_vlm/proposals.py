@@ -10,10 +10,7 @@ from scipy import ndimage
 
 from .attributes import box_mask, measure
 from .types import Region
-
-_ROWS = ("top", "", "bottom")
-_COLUMNS = ("left", "", "right")
-LOCATIONS = tuple(" ".join(w for w in (r, c) if w) or "center" for r in _ROWS for c in _COLUMNS)
+from .vocabulary import LOCATIONS
 
 
 def grid_location(x: float, y: float, width: int, height: int) -> str:

@@ -24,7 +24,7 @@ from .inspector import Inspector
 from .io import is_image_name, load_image
 from .localizer import describe_models
 from .report import ReportEntry, ReportOptions, settings_of, write_report
-from .products import create_product
+from .product_fitting import create_product
 from .types import Inspection
 from .verdicts import count_verdicts, describe_thresholds
 from .visualize import annotate

@@ -1,7 +1,8 @@
-"""The words every output shares: verdicts as inspection lines say them.
+"""The words every output shares: verdicts, grid locations and defect kinds.
 
-Renderers, the assistant and the CLI take their words from here, so a part that
-FAILs in the terminal does not read "anomalous" in the report.
+Renderers, the assistant, the synthesized training data and the CLI take their words
+from here, so a part that FAILs in the terminal does not read "anomalous" in the
+report, and a model is tuned on the very location and defect words it is checked on.
 """
 
 from __future__ import annotations
@@ -19,3 +20,24 @@ VERDICT_MEANINGS: dict[str, str] = {
     "review": "uncertain: a person should look",
     "fail": "anomaly found",
 }
+
+LOCATIONS: tuple[str, ...] = (
+    "top left", "top", "top right",
+    "left", "center", "right",
+    "bottom left", "bottom", "bottom right",
+)
+"""The cells of a 3x3 grid over the image, row by row: where a region's centre lies, in words."""
+
+DEFECT_TYPES: tuple[str, ...] = (
+    "scratch",
+    "crack",
+    "hole",
+    "stain",
+    "contamination",
+    "missing material",
+    "discoloration",
+    "misplaced material",
+    "scar",
+    "foreign material",
+)
+"""The kinds of defect the simulators draw and the assistant names."""

@@ -18,7 +18,7 @@ import time
 import torch
 
 from anomaly_vlm.assistant.backends import AssistantOptions, GenerationSettings, build_assistant, describe_assistant
-from anomaly_vlm.assistant.prompting import first_turn, system_prompt, text_part
+from anomaly_vlm.chat_format import first_turn, system_prompt, text_part
 from anomaly_vlm.proposals import make_region
 from anomaly_vlm.types import Findings
 

@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from anomaly_vlm.io import load_image, load_mask, read_category
-    from anomaly_vlm.localizer.learned import OBJECT_MIX, TEXTURE_MIX, LearnConfig, learn_product
+    from anomaly_vlm.localizer.learned import learn_product
+    from anomaly_vlm.localizer.learned_config import OBJECT_MIX, TEXTURE_MIX, LearnConfig
     from anomaly_vlm.metrics import auroc, pixel_metrics
 
     if args.threads:

@@ -8,7 +8,7 @@ KolektorSDD, pixel masks. The answers are facts of the data, never a model's gue
 - every defective image: Defect Classification (the folder's kind in plain words
   against distractor kinds);
 - with a mask (KolektorSDD): Defect Localization (the 3x3 grid cell, in the words of
-  `anomaly_vlm.proposals.LOCATIONS`, of the largest component's box centre, as
+  `anomaly_vlm.vocabulary.LOCATIONS`, of the largest component's box centre, as
   the localizer's regions name theirs) and Defect Description (shape and tone measured
   on the largest component: elongation of its pixel spread, mean grey inside against
   a ring around it).
@@ -37,7 +37,8 @@ from PIL import Image
 from scipy import ndimage
 
 from anomaly_vlm.io import read_category
-from anomaly_vlm.proposals import LOCATIONS, grid_location
+from anomaly_vlm.proposals import grid_location
+from anomaly_vlm.vocabulary import LOCATIONS
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = {"mvtec_bottle": "bottle", "kolektorsdd": "kolektorsdd"}

@@ -54,7 +54,7 @@ info = {
     "steps": tuned["steps"],
     "epochs": tuned["config"]["epochs"],
     "max_length": tuned["config"]["max_length"],
-    "lora": {k: tuned["config"]["lora"][k] for k in ("rank", "alpha", "scope")},
+    "lora": {"rank": tuned["config"]["r"], "alpha": tuned["config"]["lora_alpha"], "scope": tuned["config"]["scope"]},
     "target_modules": sorted({m.split(".")[-1] for m in config["target_modules"]}) if isinstance(config["target_modules"], list) else config["target_modules"],
     "dtype": "bfloat16",
     "loss": {"first": losses[0], "last10_mean": round(sum(losses[-10:]) / len(losses[-10:]), 4)},

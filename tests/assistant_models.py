@@ -24,8 +24,7 @@ from transformers import (
 )
 
 from anomaly_vlm.prompts import load_yaml
-from anomaly_vlm.proposals import LOCATIONS
-from anomaly_vlm.synth.simulators import DEFECT_TYPES
+from anomaly_vlm.vocabulary import DEFECT_TYPES, LOCATIONS
 
 TEXT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -5,16 +5,18 @@ import json
 import numpy as np
 import pytest
 import torch
+from peft import LoraConfig
 from PIL import Image
 
-from anomaly_vlm.assistant.adapters import LoraSettings, add_adapter, load_adapter, target_modules
+from anomaly_vlm.assistant.adapters import add_adapter, load_adapter, target_modules
 from anomaly_vlm.assistant.backends import AssistantOptions, GenerationSettings, TextAssistant, VisionAssistant, load_model
 from anomaly_vlm.assistant.dialogue import (Dialogue, answer_flags, contradictions, named_locations, repeats_itself,
                                             says_anomalous)
 from anomaly_vlm.assistant.evaluation import evaluate_chat
 from anomaly_vlm.assistant.models import resolve_model
-from anomaly_vlm.assistant.prompting import first_turn, system_prompt, text_part, zoom_crops
+from anomaly_vlm.assistant.prompting import zoom_crops
 from anomaly_vlm.assistant.tuning import IGNORE, ConversationEncoder, TuneConfig, answer_loss, collate, epoch_batches, tune
+from anomaly_vlm.chat_format import first_turn, system_prompt, text_part
 from anomaly_vlm.errors import AnomalyVLMError, CheckpointError, WeightsNotFoundError
 from anomaly_vlm.proposals import make_region
 from anomaly_vlm.types import Findings, Inspection
@@ -79,7 +81,7 @@ def test_lora_targets_the_language_model_only():
     names = target_modules(model, "language")
     assert names and all("language_model" in n for n in names)
     assert any("vision_tower" in n for n in target_modules(model, "all"))
-    peft_model = add_adapter(model, LoraSettings(rank=4, alpha=8))
+    peft_model = add_adapter(model, LoraConfig(r=4, lora_alpha=8))
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and "language_model" in n for n in trainable)
 
@@ -92,7 +94,7 @@ def test_a_lora_step_lowers_the_loss_and_the_adapter_reloads_exactly(build, tmp_
     messages = _opening(int(images)) + [{"role": "assistant", "content": [text_part("Yes, a scratch at the top right.")]}]
     pad = getattr(preprocessor, "tokenizer", preprocessor).pad_token_id
     batch = collate([encode(messages, [Image.new("RGB", (32, 32), (200, 30, 30))] if images else None)] * 2, pad)
-    peft_model = add_adapter(model, LoraSettings(rank=4, alpha=8, dropout=0.0))
+    peft_model = add_adapter(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0))
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
     losses = []
     for _ in range(5):
@@ -135,7 +137,7 @@ def test_adapter_errors_name_the_folder(tmp_path):
 
 
 def test_tune_writes_a_resumable_adapter(conversations, tmp_path):
-    config = TuneConfig(batch_size=2, save_every=1, max_length=512, precision="fp32", lora=LoraSettings(rank=4, alpha=8))
+    config = TuneConfig(batch_size=2, save_every=1, max_length=512, precision="fp32", r=4, lora_alpha=8)
     options = AssistantOptions(backend="text")
     first = tune(options, conversations, tmp_path, config, progress=False, model_and_preprocessor=tiny_text_model())
     assert first.steps == 3 and len(first.losses) == 3 and all(np.isfinite(first.losses))

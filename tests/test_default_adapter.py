@@ -13,14 +13,14 @@ import yaml
 
 from anomaly_vlm.assistant.backends import (DEFAULT_ADAPTER, AssistantOptions, adapter_identity, describe_assistant,
                                             load_model, resolve_adapter)
-from anomaly_vlm.assistant.mmad import MMADQuestion, load_prompts, parse_letter, phrase_question
 from anomaly_vlm.configs import ConfigError
-from anomaly_vlm.proposals import LOCATIONS
+from anomaly_vlm.mmad_questions import MMADQuestion, load_prompts, parse_letter, phrase_question
 from anomaly_vlm.synth.conversations import (MMAD_INTENTS, ConversationConfig, Phrasebook, build_conversation,
                                              plain_look)
 from anomaly_vlm.synth.recipe import load_recipe
 from anomaly_vlm.synth.runner import Synthesizer
 from anomaly_vlm.types import Findings
+from anomaly_vlm.vocabulary import LOCATIONS
 
 from .assistant_models import tiny_text_model
 
@@ -51,13 +51,15 @@ def test_the_default_adapter_resolves_only_for_the_embedded_model(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_folders(tmp_path_factory):
     """A tiny base model folder and an adapter for it with an adapter.json."""
-    from anomaly_vlm.assistant.adapters import LoraSettings, add_adapter
+    from peft import LoraConfig
+
+    from anomaly_vlm.assistant.adapters import add_adapter
 
     root = tmp_path_factory.mktemp("tiny")
     model, tokenizer = tiny_text_model()
     model.save_pretrained(str(root / "base"), safe_serialization=True)
     tokenizer.save_pretrained(str(root / "base"))
-    add_adapter(tiny_text_model()[0], LoraSettings(rank=2, alpha=4)).save_pretrained(str(root / "adapter"))
+    add_adapter(tiny_text_model()[0], LoraConfig(r=2, lora_alpha=4)).save_pretrained(str(root / "adapter"))
     (root / "adapter" / "adapter.json").write_text(json.dumps({"name": "line-7", "version": "2.0.1"}))
     return root
 

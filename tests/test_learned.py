@@ -9,21 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from anomaly_vlm.localizer.learned import (
-    CHECKPOINT_DIR,
-    CONFIG_FILE,
-    STATE_JSON,
-    TEXTURE_MIX,
-    WEIGHTS_FILE,
-    LearnConfig,
-    LearnedScorer,
-    learn_product,
-    weights_digest,
-    working_size,
-)
+from anomaly_vlm.localizer.learned import CHECKPOINT_DIR, learn_product
+from anomaly_vlm.localizer.learned_config import TEXTURE_MIX, LearnConfig
+from anomaly_vlm.localizer.learned_scorer import CONFIG_FILE, WEIGHTS_FILE, LearnedScorer, weights_digest
 from anomaly_vlm.localizer.scorer import AnomalyScorer
+from anomaly_vlm.localizer.simulated_defects import STRIDE
+from anomaly_vlm.localizer.tiling import working_size
 from anomaly_vlm.synth.simulators import SimulationContext, simulate
 from anomaly_vlm.synth.textures import ProceduralTextures, procedural_normal
+from anomaly_vlm.training_state import STATE_JSON
 
 
 def _surface(count: int = 8, size: int = 72, seed: int = 0) -> list[Image.Image]:
@@ -81,8 +75,8 @@ def test_learns_and_saves(learned):
 def test_working_size_keeps_aspect():
     tall = [Image.new("RGB", (500, 1250))]
     wide = [Image.new("RGB", (900, 600))]
-    assert working_size(tall, 256) == (640, 256)
-    assert working_size(wide, 256) == (256, 384)
+    assert working_size(tall, 256, STRIDE) == (640, 256)
+    assert working_size(wide, 256, STRIDE) == (256, 384)
 
 
 def test_same_seed_same_weights(images, learned, tmp_path):

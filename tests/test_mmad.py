@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from anomaly_vlm.assistant.backends import TextAssistant
-from anomaly_vlm.assistant.mmad import (MMADQuestion, parse_entry, parse_letter, phrase_question, load_prompts,
-                                        mask_file, read_mmad, score_answers)
+from anomaly_vlm.assistant.mmad import mask_file, parse_entry, read_mmad
+from anomaly_vlm.assistant.mmad_scores import score_answers
 from anomaly_vlm.cli import main
 from anomaly_vlm.errors import AnomalyVLMError, DatasetError
+from anomaly_vlm.mmad_questions import MMADQuestion, load_prompts, parse_letter, phrase_question
 
 from .assistant_models import tiny_text_model
 

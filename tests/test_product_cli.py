@@ -52,7 +52,7 @@ def test_product_add_list_show_inspect_remove(home, dataset_root, tmp_path, caps
 
 
 def test_product_notes_reach_the_findings_block(home, dataset_root):
-    from anomaly_vlm.products import create_product
+    from anomaly_vlm.product_fitting import create_product
 
     create_product(ProductStore(), "widget", [str(dataset_root / "widget" / "train")],
                    notes="Stains are the usual defect.", options=ScorerOptions(features="builtin", progress=False))

@@ -8,7 +8,7 @@ from PIL import Image
 
 from anomaly_vlm.cli import main
 from anomaly_vlm.io import load_mask
-from anomaly_vlm.localizer.learned import TEXTURE_MIX, LearnConfig
+from anomaly_vlm.localizer.learned_config import TEXTURE_MIX, LearnConfig
 from anomaly_vlm.localizer.product_prompts import DONE_FILE, ProductPromptConfig, simulated_dataset
 from anomaly_vlm.products import PROMPTS_KEY, ProductStore
 

@@ -6,17 +6,17 @@ from scipy import ndimage
 from anomaly_vlm.errors import DatasetError
 from anomaly_vlm.synth.foreground import estimate_foreground
 from anomaly_vlm.synth.perlin import perlin_mask, perlin_noise
+from anomaly_vlm.synth.pasted import PerlinConfig
 from anomaly_vlm.synth.simulators import (
-    DEFECT_TYPES,
     SIMULATORS,
     TOLERANCE,
-    PerlinConfig,
     SimulationContext,
     Simulator,
     simulate,
     simulator_config,
 )
 from anomaly_vlm.synth.textures import FolderTextures, ProceduralTextures, procedural_normal
+from anomaly_vlm.vocabulary import DEFECT_TYPES
 
 SIZE = 128
 EXPECTED_TYPES = {

@@ -5,11 +5,12 @@ import pytest
 from scipy import ndimage
 
 from anomaly_vlm.configs import ConfigError, from_dict
-from anomaly_vlm.proposals import LOCATIONS, grid_location, regions_from_mask
+from anomaly_vlm.proposals import grid_location, regions_from_mask
 from anomaly_vlm.synth.conversations import ConversationConfig, Phrasebook, build_conversation
 from anomaly_vlm.synth.findings import FindingsNoise, simulate_findings
 from anomaly_vlm.synth.ground_truth import ground_truth, severity_grade
 from anomaly_vlm.types import Findings
+from anomaly_vlm.vocabulary import LOCATIONS
 
 from .synthetic import tiny_chat_tokenizer
 

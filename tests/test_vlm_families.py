@@ -16,9 +16,10 @@ import re
 
 import pytest
 import torch
+from peft import LoraConfig
 from PIL import Image
 
-from anomaly_vlm.assistant.adapters import LANGUAGE_SCOPES, LoraSettings, add_adapter
+from anomaly_vlm.assistant.adapters import LANGUAGE_SCOPES, add_adapter
 from anomaly_vlm.assistant.backends import AssistantOptions, GenerationSettings, VisionAssistant, build_assistant
 from anomaly_vlm.assistant.dialogue import Dialogue
 from anomaly_vlm.cli import main
@@ -141,7 +142,7 @@ def test_the_family_chats_about_an_image_on_the_command_line(family, dataset_roo
 def test_lora_adapts_only_the_language_model_of_the_family(family):
     name, _ = family
     model, _ = VLM_FAMILIES[name](0)
-    peft_model = add_adapter(model, LoraSettings(rank=4, alpha=8))
+    peft_model = add_adapter(model, LoraConfig(r=4, lora_alpha=8))
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and any(s in n.split(".") for s in LANGUAGE_SCOPES) for n in trainable)
 

@@ -1,30 +1,28 @@
-"""LoRA adapters on the language model's projections, kept as safetensors beside a JSON config."""
+"""LoRA adapters on the language model's projections, kept as safetensors beside a JSON config.
+
+Their settings are PEFT's own `LoraConfig`; a scope only picks its target modules.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import CheckpointError
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LANGUAGE_SCOPES = ("language_model", "text_model")
 """Module-path parts that mark a multimodal model's language model (LLaVA/Qwen2-VL, Idefics3)."""
+Scope = Literal["language", "all"]
+"""Which projections LoRA wraps: the language model's only (vision tower and projector frozen), or all."""
 
 
-@dataclass
-class LoraSettings:
-    rank: int = field(default=16, metadata={"help": "LoRA rank"})
-    alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / rank)"})
-    dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
-    scope: Literal["language", "all"] = field(
-        default="language", metadata={"help": "language: the LM's projections only (vision tower and projector "
-                                              "frozen); all: every matching projection"})
-
-
-def target_modules(model, scope: str) -> list[str]:
+def target_modules(model, scope: Scope) -> list[str]:
     """Names of the linear projections LoRA wraps.
 
     For a multimodal model in "language" scope, only modules inside its language model
@@ -46,12 +44,13 @@ def target_modules(model, scope: str) -> list[str]:
     return names
 
 
-def add_adapter(model, settings: LoraSettings):
-    from peft import LoraConfig, get_peft_model
+def add_adapter(model, lora: LoraConfig, scope: Scope = "language"):
+    """`model` with a trainable LoRA adapter; unless `lora` names its target_modules, `scope` picks them."""
+    from peft import get_peft_model
 
-    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=target_modules(model, settings.scope), bias="none")
-    return get_peft_model(model, config)
+    if lora.target_modules is None:
+        lora = dataclasses.replace(lora, target_modules=target_modules(model, scope))
+    return get_peft_model(model, lora)
 
 
 def load_adapter(model, folder: str | Path, trainable: bool = False):

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from ..proposals import LOCATIONS
+from ..chat_format import first_turn, system_prompt, text_part
 from ..types import Findings, Inspection
+from ..vocabulary import LOCATIONS
 from .backends import Assistant, GenerationSettings
-from .prompting import first_turn, system_prompt, text_part, zoom_crops
+from .prompting import zoom_crops
 
 STRONG_PEAK = 0.7
 """A region at least this strong makes "no anomaly" a contradiction."""

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from ..synth.simulators import DEFECT_TYPES
 from ..types import Findings
+from ..vocabulary import DEFECT_TYPES
 from .backends import Assistant, GenerationSettings
 from .dialogue import contradictions, named_locations, says_anomalous
 from .tuning import clean_messages

@@ -1,25 +1,20 @@
-"""MMAD's protocol (github jam-cc/MMAD): multiple-choice questions about real images, scored per type.
+"""MMAD's protocol (github jam-cc/MMAD): its file of multiple-choice questions about real images, answered.
 
 MMAD's file maps each query image path to its questions and to normal "template"
 images of the same product. Here each image is inspected through the `Inspector` with
 its first N templates as references, so the assistant reads the same findings any
 other command would give, and each question is asked on its own, as MMAD's scripts
-ask them. Answers are read as MMAD reads them (the letter, else the option the answer
-names) and scored as its summary does: accuracy per question type, balanced accuracy
-for Anomaly Detection, the mean over types. Every figure has its chance level beside
-it, because with two to five options a model that answers at random already scores
-20-50%, and a small model that always says "A" scores its share of A answers.
+ask them. Answers are read as MMAD reads them (`anomaly_vlm.mmad_questions`) and
+scored as its summary does (`mmad_scores`); answers.jsonl lets a killed run resume.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
 import re
 import sys
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,16 +22,9 @@ from typing import Any, Literal
 from tqdm.auto import tqdm
 
 from ..errors import AnomalyVLMError, DatasetError
-from ..prompts import load_yaml
+from ..mmad_questions import DETECTION, TYPE_ALIASES, MMADQuestion, load_prompts, parse_letter, phrase_question
+from .mmad_scores import MMADScores, score_answers
 
-MMAD_TYPES = ("Anomaly Detection", "Defect Classification", "Defect Localization", "Defect Description",
-              "Defect Analysis", "Object Classification", "Object Analysis")
-"""The seven question types, in MMAD's order."""
-
-TYPE_ALIASES = {"Object Structure": "Object Analysis", "Object Details": "Object Analysis"}
-"""Older MMAD files split Object Analysis in two; its summary merges them back."""
-
-DETECTION = "Anomaly Detection"
 ANSWERS_FILE, METRICS_FILE, RUN_FILE = "answers.jsonl", "metrics.json", "run.json"
 
 
@@ -51,18 +39,6 @@ class MMADOptions:
     max_images: int | None = field(default=None, metadata={
         "help": "answer only N images, spread evenly over the file so every folder is sampled"})
     prompts: str = field(default="mmad.yaml", metadata={"help": "question phrasing (a file in prompts/ or a path)"})
-
-
-@dataclass(frozen=True)
-class MMADQuestion:
-    text: str
-    options: dict[str, str]
-    answer: str
-    type: str
-
-    @property
-    def chance(self) -> float:
-        return 1.0 / len(self.options)
 
 
 @dataclass
@@ -163,157 +139,6 @@ def mask_file(root: str | Path, entry: MMADEntry) -> Path | None:
     if not entry.mask_path:
         return None
     return Path(root, *entry.image.split("/")[:3], entry.mask_path).resolve()
-
-
-# ---------------------------------------------------------------- answers
-
-_LABELLED = re.compile(r"\b(?i:answer)\s*(?:is|:)?\s*:?\s*\(?([A-Z])\b(?![a-z'])")
-_BRACKETED = re.compile(r"\(([A-Z])\)")
-_LEADING = re.compile(r"^\W*([A-Z])\s*(?:[.):,]|$)")
-_STANDALONE = re.compile(r"\b(A\b(?!\s+[a-z])|[B-Z]\b)")  # "A crack" is an article, not option A
-
-
-def _normal(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-
-def parse_letter(answer: str, options: dict[str, str]) -> str | None:
-    """The option an answer chooses, read as MMAD reads it; None when it names none.
-
-    First the letter itself ("B", "(B)", "Answer: C", "D. a crack"; of bare letters the
-    last, as MMAD takes the last), else the option whose text the answer contains
-    (the longest, then the first said), else a near-verbatim echo of one option.
-    MMAD's own fallback (difflib with cutoff 0) gives every non-empty answer some
-    letter, which credits a model chance accuracy for saying nothing; here an answer
-    that names no option gets none and counts as wrong.
-    """
-    text = answer.strip()
-    for pattern in (_LABELLED, _BRACKETED, _LEADING):
-        found = [m.upper() for m in pattern.findall(text) if m.upper() in options]
-        if found:
-            return found[0]
-    bare = [m for m in _STANDALONE.findall(text) if m in options]
-    if bare:
-        return bare[-1]
-    said = f" {_normal(text)} "
-    named = [(len(_normal(v)), -said.find(f" {_normal(v)} "), k) for k, v in options.items()
-             if _normal(v) and f" {_normal(v)} " in said]
-    if named:
-        return max(named)[2]
-    close = difflib.get_close_matches(_normal(text), [_normal(v) for v in options.values()], n=1, cutoff=0.8)
-    return next((k for k, v in options.items() if close and _normal(v) == close[0]), None)
-
-
-def phrase_question(question: MMADQuestion, prompts: dict, shots: int) -> str:
-    """The question as the assistant reads it: MMAD's instruction, what the findings compare with, the options."""
-    options = "\n".join(prompts["option"].format(letter=k, text=v) for k, v in question.options.items())
-    context = prompts["templates"].format(count=shots) if shots else prompts["no_templates"]
-    return "\n".join([prompts["instruction"].strip(), context.strip(),
-                      prompts["question"].format(question=question.text, options=options)])
-
-
-def load_prompts(name: str = "mmad.yaml") -> dict:
-    prompts = load_yaml(name)
-    missing = [k for k in ("instruction", "templates", "no_templates", "question", "option")
-               if not isinstance(prompts.get(k), str)]
-    if missing:
-        raise DatasetError(f"{name}: needs the phrasings {', '.join(missing)}")
-    return prompts
-
-
-# ---------------------------------------------------------------- scoring
-
-@dataclass
-class MMADScores:
-    """MMAD's figures with their chance levels; rates are fractions in [0, 1], None where nothing was asked."""
-
-    per_type: dict[str, float]
-    chance: dict[str, float]
-    average: float | None
-    detection_balanced_accuracy: float | None
-    detection_accuracy: float | None
-    false_alarm_rate: float | None
-    miss_rate: float | None
-    counts: dict[str, Any]
-    per_dataset: dict[str, dict] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def table(self) -> str:
-        """Per type: accuracy, chance and questions; Anomaly Detection balanced, as MMAD reports it."""
-        def cell(value: float | None) -> str:
-            return "-" if value is None else f"{100 * value:.1f}"
-
-        rows = [f"{'question type':<30} {'accuracy %':>10} {'chance %':>9} {'n':>6}"]
-        for kind, value in self.per_type.items():
-            name = f"{kind} (balanced)" if kind == DETECTION else kind
-            rows.append(f"{name:<30} {cell(value):>10} {cell(self.chance[kind]):>9} "
-                        f"{self.counts['per_type'][kind]:>6}")
-        rows.append(f"{'average over types':<30} {cell(self.average):>10} {cell(self.chance.get('average')):>9} "
-                    f"{self.counts['questions']:>6}")
-        for name, key, n in (("false-alarm rate", "false_alarm_rate", "normal"), ("miss rate", "miss_rate", "anomalous")):
-            rows.append(f"{name:<30} {cell(getattr(self, key)):>10} {cell(self.chance.get(key)):>9} "
-                        f"{self.counts[n]:>6}")
-        if self.counts.get("unparsed"):
-            rows.append(f"({self.counts['unparsed']} answers named no option and count as wrong)")
-        return "\n".join(rows)
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def _is_anomalous(row: dict) -> bool:
-    if row.get("anomalous") is not None:
-        return bool(row["anomalous"])
-    return "good" not in row["image"].split("/")  # MMAD's own rule: normal images sit in "good" folders
-
-
-def _order(kinds: set[str]) -> list[str]:
-    return [k for k in MMAD_TYPES if k in kinds] + sorted(kinds - set(MMAD_TYPES))
-
-
-def score_answers(rows: list[dict], by_dataset: bool = True) -> MMADScores:
-    """MMAD's summary of answer rows (`type`, `correct`, `options`, `image`, `anomalous`, `letter`)."""
-    hits, chance = defaultdict(list), defaultdict(list)
-    detection: dict[bool, list[tuple[bool, float]]] = {True: [], False: []}
-    for row in rows:
-        kind = TYPE_ALIASES.get(row["type"], row["type"])
-        hits[kind].append(bool(row["correct"]))
-        chance[kind].append(1.0 / len(row["options"]))
-        if kind == DETECTION:
-            detection[_is_anomalous(row)].append((bool(row["correct"]), 1.0 / len(row["options"])))
-    per_type = {kind: _mean([float(h) for h in hits[kind]]) for kind in _order(set(hits))}
-    chance_of = {kind: _mean(chance[kind]) for kind in per_type}
-    normal_acc = _mean([float(h) for h, _ in detection[False]])
-    anomalous_acc = _mean([float(h) for h, _ in detection[True]])
-    balanced = _mean([a for a in (normal_acc, anomalous_acc) if a is not None])
-    plain = per_type.get(DETECTION)
-    if DETECTION in per_type:
-        per_type[DETECTION] = balanced
-        chance_of[DETECTION] = _mean([c for c in (_mean([c for _, c in detection[False]]),
-                                                  _mean([c for _, c in detection[True]])) if c is not None])
-    false_alarm = None if normal_acc is None else 1 - normal_acc
-    miss = None if anomalous_acc is None else 1 - anomalous_acc
-    if per_type:
-        chance_of["average"] = _mean(list(chance_of.values()))
-    if detection[False]:
-        chance_of["false_alarm_rate"] = 1 - _mean([c for _, c in detection[False]])
-    if detection[True]:
-        chance_of["miss_rate"] = 1 - _mean([c for _, c in detection[True]])
-    counts = {"questions": len(rows), "images": len({r["image"] for r in rows}),
-              "per_type": {kind: len(hits[kind]) for kind in per_type},
-              "normal": len(detection[False]), "anomalous": len(detection[True]),
-              "unparsed": sum(r.get("letter") is None for r in rows)}
-    scores = MMADScores(per_type, chance_of, _mean(list(per_type.values())), balanced, plain, false_alarm, miss,
-                        counts)
-    datasets = sorted({r["image"].split("/")[0] for r in rows})
-    if by_dataset and len(datasets) > 1:  # MMAD's headline average is over datasets; pooled figures above
-        scores.per_dataset = {name: {k: v for k, v in score_answers(
-            [r for r in rows if r["image"].split("/")[0] == name], by_dataset=False).to_dict().items()
-            if k != "per_dataset"} for name in datasets}
-    return scores
 
 
 # ---------------------------------------------------------------- answer log

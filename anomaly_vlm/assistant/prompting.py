@@ -1,33 +1,13 @@
-"""How a question reaches the model: system prompt, images, zoomed crops and the findings block.
+"""What a model is shown beyond the shared chat format: zoomed crops, and plain text for text-only models.
 
-Training data (synth) and inference build the first user turn with the same function,
-so the model sees at inference exactly the layout it was tuned on.
+The turns themselves come from `anomaly_vlm.chat_format`, shared with the training data.
 """
 
 from __future__ import annotations
 
 from PIL import Image
 
-from ..errors import DatasetError
-from ..prompts import load_yaml
-from ..types import Findings, Region
-
-
-def system_prompt(name: str = "assistant.yaml") -> str:
-    text = load_yaml(name).get("system")
-    if not isinstance(text, str):
-        raise DatasetError(f"{name}: needs a 'system' prompt string")
-    return text
-
-
-def text_part(text: str) -> dict:
-    return {"type": "text", "text": text}
-
-
-def first_turn(question: str, findings: Findings, image_count: int = 1) -> dict:
-    """The opening user message: the image(s), then the findings block as data, then the question."""
-    parts = [{"type": "image"} for _ in range(image_count)]
-    return {"role": "user", "content": parts + [text_part(f"{findings.block()}\n\n{question}")]}
+from ..types import Region
 
 
 def zoom_crops(image: Image.Image, regions: list[Region], count: int = 2, context: float = 0.5,

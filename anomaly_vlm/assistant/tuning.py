@@ -7,7 +7,6 @@ the same data order, so a killed run loses at most `save_every` steps.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,8 +17,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import AnomalyVLMError, DatasetError
-from ..files import atomic_path, sweep_temporaries, write_json
-from .adapters import LoraSettings, add_adapter
+from ..files import sweep_temporaries, write_json
+from ..training_state import load_state, save_state
+from .adapters import Scope, add_adapter
 from .backends import AssistantOptions, load_model
 from .prompting import as_text_messages
 
@@ -32,6 +32,8 @@ follow input_ids through the conversation, the cut at max_length and the padding
 
 @dataclass
 class TuneConfig:
+    """The LoRA fields are PEFT's `LoraConfig` names; `scope` picks its target modules."""
+
     epochs: int = field(default=1, metadata={"help": "passes over the conversations"})
     batch_size: int = field(default=4, metadata={"help": "conversations per optimizer step"})
     lr: float = field(default=2e-4, metadata={"help": "peak learning rate (linear warm-up and decay)"})
@@ -43,7 +45,11 @@ class TuneConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
     precision: Literal["fp32", "bf16"] = field(
         default="bf16", metadata={"help": "bf16 autocast halves step time on CPUs with AVX-512 BF16 and on GPUs"})
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = lora_alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
+    scope: Scope = field(default="language", metadata={
+        "help": "language: the LM's projections only (vision tower and projector frozen); all: every matching projection"})
 
 
 def read_conversations(data: str | Path):
@@ -203,8 +209,7 @@ def tune(options: AssistantOptions, data: str | Path, out: str | Path, config: T
     """
     import torch
     from accelerate import Accelerator
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
+    from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 
     out = Path(out)
     dataset = read_conversations(data)
@@ -223,7 +228,8 @@ def tune(options: AssistantOptions, data: str | Path, out: str | Path, config: T
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model)
-    model = add_adapter(model, config.lora)
+    lora = LoraConfig(r=config.r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout)
+    model = add_adapter(model, lora, config.scope)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
     steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
@@ -234,25 +240,13 @@ def tune(options: AssistantOptions, data: str | Path, out: str | Path, config: T
 
     checkpoint = out / CHECKPOINT
     sweep_temporaries(out)
+    identity = {**{k: v for k, v in asdict(config).items() if k != "save_every"}, "conversations": len(encoded),
+                "base": {k: info.get(k) for k in ("backend", "model")}}
+    resumed = load_state(checkpoint, identity, optimizer, scheduler) if resume else None
     start, losses, skipped = 0, [], []
-    if resume and (checkpoint / "state.json").is_file():
-        state = json.loads((checkpoint / "state.json").read_text())
-        set_peft_model_state_dict(accelerator.unwrap_model(model), load_file(str(checkpoint / "adapter.safetensors")))
-        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-        scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
-        start, losses, skipped = state["step"], state["losses"], state.get("skipped", [])
-
-    def save(step: int, folder: Path) -> None:
-        from peft import get_peft_model_state_dict
-        from safetensors.torch import save_file
-
-        weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(accelerator.unwrap_model(model)).items()}
-        with atomic_path(folder / "adapter.safetensors") as tmp:
-            save_file(weights, str(tmp))
-        for name, state in (("optimizer.pt", optimizer.state_dict()), ("scheduler.pt", scheduler.state_dict())):
-            with atomic_path(folder / name) as tmp:
-                torch.save(state, tmp)
-        write_json(folder / "state.json", {"step": step, "losses": losses, "skipped": skipped})
+    if resumed is not None:
+        set_peft_model_state_dict(accelerator.unwrap_model(model), resumed.tensors["adapter"])
+        start, losses, skipped = resumed.meta["step"], resumed.meta["losses"], resumed.meta["skipped"]
 
     model.train()
     bar = tqdm(total=total, initial=start, desc="tuning", unit="step", disable=not progress)
@@ -277,7 +271,9 @@ def tune(options: AssistantOptions, data: str | Path, out: str | Path, config: T
         bar.update()
         bar.set_postfix(loss=f"{losses[-1]:.3f}" if losses else "-", skipped=len(skipped))
         if (step + 1) % config.save_every == 0 and step + 1 < total:
-            save(step + 1, checkpoint)
+            adapter = get_peft_model_state_dict(accelerator.unwrap_model(model))
+            save_state(checkpoint, identity, {"adapter": adapter}, optimizer,
+                       {"step": step + 1, "losses": losses, "skipped": skipped}, scheduler)
     bar.close()
     unwrapped = accelerator.unwrap_model(model)
     unwrapped.save_pretrained(str(out), safe_serialization=True)

@@ -5,6 +5,9 @@ from .config import LocalizerConfig, PromptConfig
 from .factory import BuiltScorer, ScorerOptions, build_localizer, build_scorer, describe_models, prompt_mode
 from .features import FEATURE_SOURCES, BuiltinFeatureConfig, BuiltinFeatures, ClipFeatures, build_feature_source, register_feature_source
 from .fusion import DEFAULT_WEIGHTS, FusedScorer, FusionConfig, fuse
+from .learned import learn_product
+from .learned_config import LearnConfig
+from .learned_scorer import LearnedScorer
 from .model import Localizer, LocalizerOutput
 from .mutual import MutualConfig, MutualScorer
 from .prompt_learner import PromptEnsemble, PromptLearner
@@ -22,6 +25,8 @@ __all__ = [
     "ClipFeatures",
     "FusedScorer",
     "FusionConfig",
+    "LearnConfig",
+    "LearnedScorer",
     "MutualConfig",
     "MutualScorer",
     "ReferenceConfig",
@@ -31,6 +36,7 @@ __all__ = [
     "build_scorer",
     "describe_models",
     "fuse",
+    "learn_product",
     "register_feature_source",
     "Localizer",
     "LocalizerConfig",

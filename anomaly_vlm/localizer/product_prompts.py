@@ -22,8 +22,10 @@ from ..files import atomic_path, write_json
 from ..io import read_category
 from ..types import Sample
 from .checkpoint import PromptCheckpoint
-from .learned import DefectSampler, LearnConfig, to_array, working_size
+from .learned_config import LearnConfig
 from .model import Localizer
+from .simulated_defects import STRIDE, DefectSampler, to_array
+from .tiling import working_size
 from .train import TrainConfig, train_prompts
 
 SIMULATED_DIR, PROMPTS_DIR, DONE_FILE = "simulated", "prompts", "complete.json"
@@ -42,7 +44,7 @@ def simulated_dataset(images: list[Image.Image], folder: Path, side: int, learn:
                       config: ProductPromptConfig) -> list[Sample]:
     """Good and simulated-defect windows of `images` at `side` px in `folder` (MVTec layout), written once."""
     if not (folder / DONE_FILE).is_file():
-        sampler = DefectSampler([to_array(image, working_size(images, side)) for image in images],
+        sampler = DefectSampler([to_array(image, working_size(images, side, STRIDE)) for image in images],
                                 dataclasses.replace(learn, image_size=side, crop=0))
         rng = np.random.default_rng([config.seed, 3])
         written = {"good": 0, "simulated": 0}

@@ -1,33 +1,30 @@
 """Prompt learning: only the prompt parameters train; CLIP stays frozen.
 
 Resumable: after every epoch the prompts, the optimizer state and the epoch count
-are written (safetensors + JSON, atomically) to the output folder; `resume=True`
-continues from there with the same data order as an uninterrupted run.
+are checkpointed in the output folder's `train_state/` (training_state.py);
+`resume=True` continues from there with the same data order as an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..errors import CheckpointError, DatasetError
-from ..files import atomic_path, write_json
+from ..errors import DatasetError
 from ..io import load_image, load_mask
+from ..training_state import load_state, save_state
 from ..types import Sample
 from .checkpoint import PromptCheckpoint, save_prompts
 from .losses import image_loss, segmentation_loss
 from .model import Localizer
 from .prompt_learner import PromptLearner
 
-STATE_WEIGHTS = "train_state.safetensors"
-STATE_JSON = "train_state.json"
+STATE_DIR = "train_state"
 
 
 @dataclass
@@ -72,31 +69,10 @@ class TrainResult:
     checkpoint: Path
 
 
-def _save_state(out: Path, learner: PromptLearner, optimizer: torch.optim.Optimizer, epoch: int, losses: list[float], config: TrainConfig) -> None:
-    tensors = {f"prompt.{k}": v.detach().cpu().contiguous() for k, v in learner.state_dict().items()}
-    optim = optimizer.state_dict()
-    for index, state in optim["state"].items():
-        for key, value in state.items():
-            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    with atomic_path(out / STATE_WEIGHTS) as tmp:
-        save_file(tensors, str(tmp))
-    write_json(out / STATE_JSON, {"epoch": epoch, "losses": losses, "param_groups": optim["param_groups"], "config": asdict(config)})
-
-
-def _load_state(out: Path, learner: PromptLearner, optimizer: torch.optim.Optimizer) -> tuple[int, list[float]]:
-    try:
-        meta = json.loads((out / STATE_JSON).read_text(encoding="utf-8"))
-        tensors = load_file(str(out / STATE_WEIGHTS))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{out}: cannot resume, training state unreadable ({exc})") from None
-    learner.load_state_dict({k[len("prompt."):]: v for k, v in tensors.items() if k.startswith("prompt.")})
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    return int(meta["epoch"]), list(meta["losses"])
+def _identity(config: TrainConfig, meta: PromptCheckpoint) -> dict:
+    """What must match for a run to resume: the settings that shape it, not `epochs` (a run may be extended)."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("epochs", "num_workers")}
+    return {**settings, "model": {k: v for k, v in meta.to_json().items() if k != "source"}}
 
 
 def train_prompts(
@@ -116,9 +92,12 @@ def train_prompts(
     out.mkdir(parents=True, exist_ok=True)
     learner.requires_grad_(True)
     optimizer = torch.optim.Adam(learner.parameters(), lr=config.lr, betas=config.betas)
+    identity = _identity(config, meta)
+    resumed = load_state(out / STATE_DIR, identity, optimizer) if resume else None
     start, losses = 0, []
-    if resume and (out / STATE_JSON).is_file():
-        start, losses = _load_state(out, learner, optimizer)
+    if resumed is not None:
+        learner.load_state_dict(resumed.tensors["prompts"])
+        start, losses = resumed.meta["epoch"], resumed.meta["losses"]
     dataset = PromptTrainingSet(samples, localizer)
     device = localizer.backbone.device
     for epoch in range(start, config.epochs):
@@ -140,7 +119,8 @@ def train_prompts(
             running, steps = running + loss.item(), steps + 1
             bar.set_postfix(loss=f"{running / steps:.4f}")
         losses.append(running / max(steps, 1))
-        _save_state(out, learner, optimizer, epoch + 1, losses, config)
+        save_state(out / STATE_DIR, identity, {"prompts": learner.state_dict()}, optimizer,
+                   {"epoch": epoch + 1, "losses": losses})
     learner.requires_grad_(False)
     localizer.clear_text_cache()
     return TrainResult(losses, save_prompts(out, learner, meta))

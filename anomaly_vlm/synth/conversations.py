@@ -6,8 +6,8 @@ user turn carries the image and the findings block; the answers come from the gr
 truth, never from the findings, so the model learns to check proposals, not echo them.
 
 With `mmad_rate` > 0, turns are also MMAD's multiple-choice questions (github
-jam-cc/MMAD), in exactly the prompt shape `anomaly_vlm.assistant.mmad` asks them
-(prompts/mmad.yaml), answered with the option's letter: detection (Yes/No), defect
+jam-cc/MMAD), in exactly the prompt shape evaluation asks them (`anomaly_vlm.mmad_questions`,
+prompts/mmad.yaml), answered with the option's letter: detection (Yes/No), defect
 kind, location (3x3 grid words), appearance and, where the recipe names the product,
 the product. Their answers follow the findings block the model reads (score against
 threshold, the strongest region's location and measured look), not hidden ground
@@ -26,16 +26,15 @@ from typing import NamedTuple
 import jinja2
 import numpy as np
 
-from ..assistant.mmad import MMADQuestion, load_prompts, phrase_question
-from ..assistant.prompting import first_turn, system_prompt, text_part
 from ..attributes import RegionAttributes
+from ..chat_format import first_turn, system_prompt, text_part
 from ..configs import ConfigError
 from ..errors import DatasetError
+from ..mmad_questions import MMADQuestion, load_prompts, phrase_question
 from ..prompts import load_yaml
-from ..proposals import LOCATIONS
 from ..types import Findings, Region
+from ..vocabulary import DEFECT_TYPES, LOCATIONS
 from .ground_truth import GroundTruth
-from .simulators import DEFECT_TYPES
 
 INTENTS = ("detect", "locate", "kind", "describe", "severity", "report")
 MMAD_INTENTS = ("mmad_detection", "mmad_kind", "mmad_location", "mmad_appearance", "mmad_product")

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 from PIL import Image
 
-from anomaly_vlm import proposals
 from anomaly_vlm.errors import ImageLoadError
 from anomaly_vlm.io import load_image
 from anomaly_vlm.prompts import prompts_dir
@@ -29,6 +28,7 @@ from anomaly_vlm.verdicts import Thresholds
 from anomaly_vlm.report import (SCHEMA_PATH, ReportEntry, ReportOptions, make_figures, render_html, render_markdown,
                                 report_document)
 from anomaly_vlm.types import Inspection
+from anomaly_vlm.vocabulary import LOCATIONS
 
 # no example database: the tests stay side-effect free in the repository
 PROPERTY = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -236,7 +236,7 @@ def test_proposals_are_well_formed(anomaly_map, threshold, config, image_size):
         assert region.box_norm == pytest.approx((x0 / width, y0 / height, x1 / width, y1 / height), abs=1e-6)
         assert all(0.0 <= v <= 1.0 for v in region.box_norm)
         assert 0.0 <= region.area_fraction <= 1.0
-        assert region.location in proposals.LOCATIONS
+        assert region.location in LOCATIONS
         assert all(math.isfinite(v) for v in (region.peak_score, region.mean_score))
         assert region.peak_score >= region.mean_score
         # pixels of a region are at or above the threshold; bilinear resizing never leaves the map's range

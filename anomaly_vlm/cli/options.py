@@ -9,29 +9,31 @@ default, so the CLI never repeats one.
 from __future__ import annotations
 
 import argparse
+import sys
 import types
 import typing
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from typing import Any, Callable, Literal, Union
 
-from .assistant.backends import AssistantOptions, GenerationSettings
-from .clip import BackboneConfig
-from .localizer import DEFAULT_WEIGHTS, FusionConfig, LocalizerConfig, ScorerOptions
-from .engine import EngineConfig
-from .localizer.learned import LearnConfig
-from .localizer.product_prompts import ProductPromptConfig
-from .ray_engine import RayConfig
-from .verdicts import VerdictConfig
+from ..assistant.backends import AssistantOptions, GenerationSettings
+from ..clip import BackboneConfig
+from ..localizer import DEFAULT_WEIGHTS, FusionConfig, LocalizerConfig, ScorerOptions
+from ..engine import EngineConfig
+from ..localizer.learned_config import LearnConfig
+from ..localizer.product_prompts import ProductPromptConfig
+from ..ray_engine import RayConfig
+from ..verdicts import VerdictConfig
 
 
 @dataclass(frozen=True)
 class Option:
-    """One field of `config` offered as `--flag` (default: the field name with dashes)."""
+    """One field of `config` offered as `--flag` (default: the field name with dashes); `renamed`: old flags still read."""
 
     config: type
     name: str
     flag: str | None = None
     parse: Callable[[str], Any] | None = None
+    renamed: tuple[str, ...] = ()
 
     @property
     def dest(self) -> str:
@@ -83,7 +85,23 @@ def add_options(parser: argparse._ActionsContainer, options: list[Option], **def
             kwargs["type"] = hint
         if "action" not in kwargs and "choices" not in kwargs:
             kwargs["metavar"] = option.name.upper()
-        parser.add_argument(option.flag or f"--{option.name.replace('_', '-')}", **kwargs)
+        flag = option.flag or f"--{option.name.replace('_', '-')}"
+        parser.add_argument(flag, **kwargs)
+        for old in option.renamed:
+            parser.add_argument(old, **{**kwargs, "help": argparse.SUPPRESS}, action=_Renamed, replacement=flag)
+
+
+class _Renamed(argparse.Action):
+    """An old flag that still works, with a notice naming its new spelling."""
+
+    def __init__(self, option_strings, dest, replacement: str, **kwargs):
+        kwargs.pop("metavar", None)
+        super().__init__(option_strings, dest, **kwargs)
+        self.replacement = replacement
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} is deprecated and will be removed; use {self.replacement}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def given(args: argparse.Namespace, config: type) -> dict[str, Any]:

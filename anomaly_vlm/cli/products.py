@@ -1,0 +1,124 @@
+"""`anomaly-vlm product`: save, learn, list, show and remove product profiles."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import print_failures, print_notices
+from .options import (LEARNING, LOCALIZER, PROMPT_SOURCE, InputOptions, add_options, configured, scorer_options,
+                      verdict_config)
+
+
+def cmd_product_add(args: argparse.Namespace) -> int:
+    from ..product_fitting import create_product
+    from ..products import ProductStore
+    from ..verdicts import describe_thresholds
+
+    notes = args.notes.read_text(encoding="utf-8").strip() if args.notes else None
+    store = ProductStore()
+    check = create_product(store, args.name, args.good, args.defective, notes, scorer_options(args, False),
+                           verdict_config(args), args.replace)
+    print_notices(check.notices)
+    print_failures(check.failures)
+    profile = check.profile
+    print(f"product {profile.name}: {profile.counts['good']} good, {profile.counts['defective']} defective images "
+          f"-> {profile.folder}")
+    for feature, counts in check.verdicts.items():
+        print(f"  {feature} features: {describe_thresholds(profile.thresholds[feature])}")
+        for kind, verdicts in counts.items():
+            what = "good images (held out)" if kind == "good" else "known defective images"
+            print(f"    {what}: " + ", ".join(f"{v} {k.upper()}" for k, v in verdicts.items()))
+    if args.learn:
+        learn(args, store)
+    return 1 if check.failures else 0
+
+
+def learn(args: argparse.Namespace, store) -> None:
+    from ..localizer.learned_config import LearnConfig
+    from ..localizer.product_prompts import ProductPromptConfig
+    from ..product_fitting import learn_product_profile
+    from ..products import LEARNED_KEY, PROMPTS_KEY
+    from ..verdicts import describe_thresholds
+
+    profile = learn_product_profile(store, args.name, configured(args, LearnConfig), verdict_config(args),
+                                    options=scorer_options(args, False), prompt_config=configured(args, ProductPromptConfig))
+    print(f"learned localizer for {profile.name}: {profile.learned['model']}, working size "
+          f"{'x'.join(map(str, profile.learned['working_size']))}")
+    print(f"  fused with reference scoring: {describe_thresholds(profile.thresholds[LEARNED_KEY])}")
+    if profile.prompts:
+        print(f"learned prompts for {profile.name}: {profile.prompts['prompts']}")
+        print(f"  fused with CLIP reference scoring: {describe_thresholds(profile.thresholds[PROMPTS_KEY])}")
+
+
+def cmd_product_learn(args: argparse.Namespace) -> int:
+    from ..products import ProductStore
+
+    learn(args, ProductStore())
+    return 0
+
+
+def cmd_product_list(args: argparse.Namespace) -> int:
+    from ..products import ProductStore
+
+    store = ProductStore()
+    profiles = store.list()
+    if not profiles:
+        print(f"no products in {store.root}; add one with `anomaly-vlm product add NAME --good DIR`")
+    for profile in profiles:
+        print(f"{profile.name}\t{profile.counts['good']} good\t{', '.join(profile.features)} features\t"
+              f"{profile.created}")
+    return 0
+
+
+def cmd_product_show(args: argparse.Namespace) -> int:
+    from ..products import ProductStore
+
+    print(json.dumps(ProductStore().load(args.name).to_dict(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_product_remove(args: argparse.Namespace) -> int:
+    from ..products import ProductStore
+
+    ProductStore().remove(args.name)
+    print(f"removed product {args.name}")
+    return 0
+
+
+def add_parsers(commands) -> None:
+    from ..products import NAME_RULE
+    from ..verdicts import VerdictConfig
+
+    product = commands.add_parser("product", help="saved product profiles: known-good references, thresholds, notes")
+    actions = product.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="save a product from its known-good images (and known defective ones)")
+    add.add_argument("name", help=f"product name ({NAME_RULE})")
+    add.add_argument("--good", nargs="+", required=True, help="known-good images or folders")
+    add.add_argument("--defective", nargs="+", default=[], help="known-defective images or folders (checked "
+                                                                    "against the calibrated thresholds)")
+    add.add_argument("--notes", type=Path, help="text file: normal appearance, known defect kinds (the assistant "
+                                                "reads it)")
+    add.add_argument("--replace", action="store_true", help="overwrite a product of that name")
+    add.add_argument("--learn", action="store_true", help="also train the product's own localizer (see `product learn`)")
+    add_options(add.add_argument_group("localizer"), [o for o in LOCALIZER if o.config is not InputOptions])
+    add_options(add.add_argument_group("learning"), LEARNING)
+    add.set_defaults(func=cmd_product_add)
+
+    learning = actions.add_parser("learn", help="train a saved product's own localizer on its good images, with "
+                                                "simulated defects; resumes after a kill")
+    learning.add_argument("name")
+    add_options(learning.add_argument_group("learning"), LEARNING)
+    add_options(learning.add_argument_group("CLIP (prompts are learned too where its weights load)"), PROMPT_SOURCE)
+    add_options(learning.add_argument_group("verdicts"), [o for o in LOCALIZER if o.config is VerdictConfig])
+    learning.set_defaults(func=cmd_product_learn)
+
+    listing = actions.add_parser("list", help="the saved products")
+    listing.set_defaults(func=cmd_product_list)
+    show = actions.add_parser("show", help="one product's profile")
+    show.add_argument("name")
+    show.set_defaults(func=cmd_product_show)
+    remove = actions.add_parser("remove", help="delete a saved product")
+    remove.add_argument("name")
+    remove.set_defaults(func=cmd_product_remove)
