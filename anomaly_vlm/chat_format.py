@@ -8,7 +8,7 @@ the same function, so the model sees at inference exactly the layout it was tune
 from __future__ import annotations
 
 from .errors import DatasetError
-from .prompts import load_yaml
+from .templates import load_yaml
 from .types import Findings
 
 

@@ -26,7 +26,7 @@ from .localizer import AnomalyScorer, FusedScorer, ScorerOptions, build_localize
 from .localizer.factory import product_source
 from .localizer.learned import LearnedScorer
 from .products import LEARNED_KEY, PROMPTS_KEY, ProductProfile, ProductStore
-from .prompts import load_yaml
+from .templates import load_yaml
 from .proposals import ProposalConfig, propose, with_attributes
 from .ray_engine import RayBackend, RayConfig
 from .records import RecordStore

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import DatasetError
-from .prompts import load_yaml
+from .templates import load_yaml
 
 MMAD_TYPES = ("Anomaly Detection", "Defect Classification", "Defect Localization", "Defect Description",
               "Defect Analysis", "Object Classification", "Object Analysis")
@@ -73,18 +73,18 @@ def parse_letter(answer: str, options: dict[str, str]) -> str | None:
     return next((k for k, v in options.items() if close and _normal(v) == close[0]), None)
 
 
-def phrase_question(question: MMADQuestion, prompts: dict, shots: int) -> str:
+def phrase_question(question: MMADQuestion, phrasing: dict, shots: int) -> str:
     """The question as the assistant reads it: MMAD's instruction, what the findings compare with, the options."""
-    options = "\n".join(prompts["option"].format(letter=k, text=v) for k, v in question.options.items())
-    context = prompts["templates"].format(count=shots) if shots else prompts["no_templates"]
-    return "\n".join([prompts["instruction"].strip(), context.strip(),
-                      prompts["question"].format(question=question.text, options=options)])
+    options = "\n".join(phrasing["option"].format(letter=k, text=v) for k, v in question.options.items())
+    context = phrasing["templates"].format(count=shots) if shots else phrasing["no_templates"]
+    return "\n".join([phrasing["instruction"].strip(), context.strip(),
+                      phrasing["question"].format(question=question.text, options=options)])
 
 
-def load_prompts(name: str = "mmad.yaml") -> dict:
-    prompts = load_yaml(name)
+def load_phrasing(name: str = "mmad.yaml") -> dict:
+    phrasing = load_yaml(name)
     missing = [k for k in ("instruction", "templates", "no_templates", "question", "option")
-               if not isinstance(prompts.get(k), str)]
+               if not isinstance(phrasing.get(k), str)]
     if missing:
         raise DatasetError(f"{name}: needs the phrasings {', '.join(missing)}")
-    return prompts
+    return phrasing

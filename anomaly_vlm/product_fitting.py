@@ -133,7 +133,7 @@ def _learn_prompts(store: ProductStore, profile: ProductProfile, good: list, hel
     from .localizer.product_prompts import ProductPromptConfig, learn_product_prompts
     from .verdicts import from_good_scores
 
-    localizer = build_localizer(options.prompts, "prompt", options.backbone)
+    localizer = build_localizer(options.prompt_checkpoint, "prompt", options.backbone)
     meta = checkpoint_meta(localizer, options.backbone.get("weights"),
                            f"fine-tuned on product {profile.name}'s good images with simulated defects")
     folder = store.training_folder(profile.name, PROMPTS_DIR)

@@ -23,14 +23,15 @@ from .files import safe_stem
 from .inspector import Inspector
 from .io import is_image_name, load_image
 from .localizer import describe_models
-from .report import ReportEntry, ReportOptions, settings_of, write_report
 from .product_fitting import create_product
+from .report import ReportEntry, ReportOptions, settings_of, write_report
+from .templates import load_yaml
 from .types import Inspection
 from .verdicts import count_verdicts, describe_thresholds
 from .visualize import annotate
-from .vocabulary import VERDICT_MEANINGS, VERDICT_WORDS
+from .vocabulary import REGION_COLUMNS, VERDICT_MEANINGS, VERDICT_WORDS, region_row
 
-FINDINGS_HEADERS = ["#", "location", "box (x0, y0, x1, y1)", "size %", "peak", "mean", "looks"]
+FINDINGS_HEADERS = [load_yaml("report.yaml")["columns"][key] for key in REGION_COLUMNS]
 NO_PRODUCT = "(none)"
 BATCH_HEADERS = ["rank", "image", "score", "verdict", "regions", "strongest region"]
 
@@ -76,8 +77,8 @@ def _path_of(upload) -> Path:
 
 
 def findings_rows(inspection: Inspection) -> list[list]:
-    return [[n, r.location, ", ".join(map(str, r.box)), round(100 * r.area_fraction, 2), round(r.peak_score, 3),
-             round(r.mean_score, 3), r.looks() or "-"] for n, r in enumerate(inspection.regions, 1)]
+    rows = [region_row(n, r.to_dict()) for n, r in enumerate(inspection.regions, 1)]
+    return [[row[key] for key in REGION_COLUMNS] for row in rows]
 
 
 def verdict_markdown(inspection: Inspection, notices: list[str] = ()) -> str:

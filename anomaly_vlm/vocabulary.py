@@ -41,3 +41,17 @@ DEFECT_TYPES: tuple[str, ...] = (
     "foreign material",
 )
 """The kinds of defect the simulators draw and the assistant names."""
+
+REGION_COLUMNS: tuple[str, ...] = ("number", "location", "box", "size", "peak", "mean", "looks")
+"""The columns of a region table, wherever one is shown (their headers: `columns` in prompts/report.yaml)."""
+
+
+def region_row(number: int, region: dict) -> dict[str, str]:
+    """One region (`Region.to_dict()`) as every table shows it: report, app and terminal print the same cells."""
+    from .attributes import RegionAttributes
+
+    attributes = region.get("attributes")
+    return {"number": str(number), "location": region["location"], "box": ", ".join(map(str, region["box"])),
+            "size": f"{100 * region['area_fraction']:.2f}", "peak": f"{region['peak_score']:.2f}",
+            "mean": f"{region['mean_score']:.2f}",
+            "looks": RegionAttributes.from_dict(attributes).describe(short=True) if attributes else "-"}

@@ -23,7 +23,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from anomaly_vlm.prompts import load_yaml
+from anomaly_vlm.templates import load_yaml
 from anomaly_vlm.vocabulary import DEFECT_TYPES, LOCATIONS
 
 TEXT_TEMPLATE = (

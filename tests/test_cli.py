@@ -66,11 +66,16 @@ def test_train_then_score_with_prompts(tmp_path, dataset_root, capsys):
     config = json.loads((ckpt / "config.json").read_text())
     assert config["backbone"] == "anomaly-vlm-tiny" and config["format_version"] == 1
     out = tmp_path / "run"
-    assert main(["score", str(dataset_root / "widget"), "--prompts", str(ckpt), "--out", str(out),
+    assert main(["score", str(dataset_root / "widget"), "--prompt-checkpoint", str(ckpt), "--out", str(out),
                  "--device", "cpu", "--weights", "none"]) == 0
     models = json.loads((out / "results.json").read_text())["models"]
     assert models["mode"] == "prompt" and models["prompts"] == "learned object-agnostic prompts"
     assert models["image_size"] == 64  # taken from the checkpoint
+    capsys.readouterr()
+    assert main(["score", str(dataset_root / "widget"), "--prompts", str(ckpt), "--out", str(out),
+                 "--device", "cpu", "--weights", "none"]) == 0  # the old flag still works, with a notice
+    assert "--prompts is deprecated" in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text())["models"]["prompts_digest"] == models["prompts_digest"]
 
 
 def test_import_prompts_command(tmp_path):

@@ -14,7 +14,7 @@ import yaml
 from anomaly_vlm.assistant.backends import (DEFAULT_ADAPTER, AssistantOptions, adapter_identity, describe_assistant,
                                             load_model, resolve_adapter)
 from anomaly_vlm.configs import ConfigError
-from anomaly_vlm.mmad_questions import MMADQuestion, load_prompts, parse_letter, phrase_question
+from anomaly_vlm.mmad_questions import MMADQuestion, load_phrasing, parse_letter, phrase_question
 from anomaly_vlm.synth.conversations import (MMAD_INTENTS, ConversationConfig, Phrasebook, build_conversation,
                                              plain_look)
 from anomaly_vlm.synth.recipe import load_recipe
@@ -125,7 +125,7 @@ def test_synthesized_mmad_turns_follow_the_findings_block():
     recipe.source = replace(recipe.source, image_size=96)
     recipe.conversation = replace(recipe.conversation, mmad_rate=0.8, turns=(2, 4))
     recipe.findings = replace(recipe.findings, miss_rate=0.3)
-    synthesizer, prompts = Synthesizer(recipe), load_prompts()
+    synthesizer, prompts = Synthesizer(recipe), load_phrasing()
     seen, disagreeing = set(), 0
     for index in range(recipe.num):
         record = synthesizer.draw(index).record
@@ -149,7 +149,7 @@ def test_a_missed_defect_is_answered_no_and_product_questions_need_a_named_produ
     from .test_synth_data import _sample
     from anomaly_vlm.synth.ground_truth import ground_truth
 
-    book, prompts = Phrasebook(), load_prompts()
+    book, prompts = Phrasebook(), load_phrasing()
     truth = ground_truth(*_sample(True), ["scratch"])
     missed = Findings(0.2, 0.5, [])
     config = ConversationConfig(turns=(3, 3), mmad_rate=1.0)

@@ -135,8 +135,8 @@ def test_records_hold_no_threshold_and_a_float16_map(dataset_root, tmp_path):
 
 
 INSPECTING = ["score", "report", "chat", "app"]
-LOCALIZER_FLAGS = ["--mode", "--backbone", "--weights", "--image-size", "--prompts", "--features", "--references",
-                   "--shots", "--product", "--device", "--batch-size", "--threshold", "--review-threshold"]
+LOCALIZER_FLAGS = ["--mode", "--backbone", "--weights", "--image-size", "--prompt-checkpoint", "--features", "--references",
+                   "--shots", "--product", "--device", "--batch-size", "--keep-aspect", "--threshold", "--review-threshold"]
 
 
 def test_every_inspecting_command_takes_the_same_localizer_options():

@@ -13,7 +13,7 @@ from anomaly_vlm.assistant.mmad import mask_file, parse_entry, read_mmad
 from anomaly_vlm.assistant.mmad_scores import score_answers
 from anomaly_vlm.cli import main
 from anomaly_vlm.errors import AnomalyVLMError, DatasetError
-from anomaly_vlm.mmad_questions import MMADQuestion, load_prompts, parse_letter, phrase_question
+from anomaly_vlm.mmad_questions import MMADQuestion, load_phrasing, parse_letter, phrase_question
 
 from .assistant_models import tiny_text_model
 
@@ -144,7 +144,7 @@ def test_letter_parsing(answer, options, letter):
 
 def test_each_question_is_phrased_with_its_options_and_asks_for_the_letter():
     text = phrase_question(MMADQuestion("What is it?", {"A": "x", "B": "y"}, "A", "Object Classification"),
-                           load_prompts(), shots=1)
+                           load_phrasing(), shots=1)
     assert "Question: What is it?\nA. x\nB. y" in text and "letter" in text and "1 normal template" in text
 
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from tqdm.auto import tqdm
 
 from ..errors import AnomalyVLMError, DatasetError
-from ..mmad_questions import DETECTION, TYPE_ALIASES, MMADQuestion, load_prompts, parse_letter, phrase_question
+from ..mmad_questions import DETECTION, TYPE_ALIASES, MMADQuestion, load_phrasing, parse_letter, phrase_question
 from .mmad_scores import MMADScores, score_answers
 
 ANSWERS_FILE, METRICS_FILE, RUN_FILE = "answers.jsonl", "metrics.json", "run.json"
@@ -38,7 +38,7 @@ class MMADOptions:
         "help": "which template list of each entry to draw from: MMAD's similar_templates or random_templates"})
     max_images: int | None = field(default=None, metadata={
         "help": "answer only N images, spread evenly over the file so every folder is sampled"})
-    prompts: str = field(default="mmad.yaml", metadata={"help": "question phrasing (a file in prompts/ or a path)"})
+    phrasing: str = field(default="mmad.yaml", metadata={"help": "how questions are put (a file in prompts/ or a path)"})
 
 
 @dataclass
@@ -246,7 +246,7 @@ def evaluate_mmad(inspector, entries: list[MMADEntry], root: str | Path, out: st
     from ..io import load_image
 
     root, out = Path(root), Path(out)
-    prompts = load_prompts(options.prompts)
+    phrasing = load_phrasing(options.phrasing)
     entries = spread(entries, options.max_images)
     shots = max(0, options.shots)
     fixed = references is not None or product is not None
@@ -259,7 +259,7 @@ def evaluate_mmad(inspector, entries: list[MMADEntry], root: str | Path, out: st
     settings = _jsonable({"data": str(Path(data).resolve()) if data else None, "root": str(root.resolve()),
                           "shots": shots, "templates": options.templates, "product": product,
                           "references": None if references is None else len(references),
-                          "prompts": hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest()[:16],
+                          "phrasing": hashlib.sha256(json.dumps(phrasing, sort_keys=True).encode()).hexdigest()[:16],
                           "assistant": asdict(config.assistant), "generation": asdict(config.generation),
                           "scorer": {k: v for k, v in asdict(config.scorer).items() if k != "progress"},
                           "verdicts": asdict(config.verdicts), "proposals": asdict(config.proposals)})
@@ -287,7 +287,7 @@ def evaluate_mmad(inspector, entries: list[MMADEntry], root: str | Path, out: st
         rows = []
         for index, question in enumerate(entry.questions):
             dialogue = inspector.dialogue(inspection)
-            raw = "".join(dialogue.ask(phrase_question(question, prompts, count))).strip()
+            raw = "".join(dialogue.ask(phrase_question(question, phrasing, count))).strip()
             letter = parse_letter(raw, question.options)
             rows.append({"image": entry.image, "index": index, "type": question.type, "question": question.text,
                          "options": question.options, "raw_answer": raw, "letter": letter,

@@ -32,15 +32,17 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def print_inspection(inspection) -> None:
     from ..localizer import describe_models
-    from ..vocabulary import VERDICT_MEANINGS, VERDICT_WORDS
+    from ..vocabulary import VERDICT_MEANINGS, VERDICT_WORDS, region_row
 
     review = f", REVIEW from {inspection.review_threshold:.2f}" if inspection.review_threshold is not None else ""
     print(f"verdict: {VERDICT_WORDS[inspection.verdict]}: {VERDICT_MEANINGS[inspection.verdict]} "
           f"(score {inspection.image_score:.2f}; FAIL at {inspection.threshold:.2f}{review}, "
           f"{inspection.threshold_source} thresholds)")
     for i, region in enumerate(inspection.regions, 1):
-        print(f"  region {i}: {region.location}, box {list(region.box)}, {100 * region.area_fraction:.1f}% "
-              f"of the image, peak {region.peak_score:.2f}")
+        row = region_row(i, region.to_dict())
+        looks = f", looks: {row['looks']}" if region.attributes is not None else ""
+        print(f"  region {row['number']}: {row['location']}, box [{row['box']}], {row['size']}% of the image, "
+              f"peak {row['peak']}, mean {row['mean']}{looks}")
     print(f"localizer: {describe_models(inspection.models)}")
 
 
@@ -182,6 +184,6 @@ def add_parsers(commands) -> None:
     mmad.add_argument("--out", required=True, type=Path, help="output folder (answers.jsonl, metrics.json); a "
                                                               "re-run asks only the images not answered yet")
     add_options(mmad.add_argument_group("MMAD"), [Option(MMADOptions, "templates"), Option(MMADOptions, "max_images"),
-                                                   Option(MMADOptions, "prompts", "--question-prompts")])
+                                                   Option(MMADOptions, "phrasing", "--question-phrasing", renamed=("--question-prompts",))])
     inspecting(mmad, max_new_tokens=32)
     mmad.set_defaults(func=cmd_eval_mmad)

@@ -162,7 +162,7 @@ BACKBONE = [Option(BackboneConfig, "name", "--backbone"), Option(BackboneConfig,
             Option(BackboneConfig, "image_size"), Option(BackboneConfig, "device"),
             Option(BackboneConfig, "precision", parse=str), Option(LocalizerConfig, "layers", parse=layer_list)]
 
-LOCALIZER = [Option(ScorerOptions, "mode"), *BACKBONE, Option(ScorerOptions, "prompts"),
+LOCALIZER = [Option(ScorerOptions, "mode"), *BACKBONE, Option(ScorerOptions, "prompt_checkpoint", renamed=("--prompts",)),
              Option(ScorerOptions, "features"), Option(InputOptions, "references"), Option(InputOptions, "shots"),
              Option(InputOptions, "product"), Option(ScorerOptions, "batch_size"), Option(ScorerOptions, "keep_aspect"),
              Option(ScorerOptions, "image_score"),
@@ -181,7 +181,7 @@ LEARNING = [*(Option(LearnConfig, name, f"--learn-{name.replace('_', '-')}")
             Option(ProductPromptConfig, "windows_per_image", "--learn-prompt-windows")]
 """Learning a product's own localizer, and its prompts where CLIP loads (the rest keeps the configs' defaults)."""
 
-PROMPT_SOURCE = [*BACKBONE, Option(ScorerOptions, "prompts")]
+PROMPT_SOURCE = [*BACKBONE, Option(ScorerOptions, "prompt_checkpoint", renamed=("--prompts",))]
 """The CLIP a product's prompts are learned on, and the prompts they start from (fresh ones by default)."""
 
 ASSISTANT = [Option(AssistantOptions, "backend"), Option(AssistantOptions, "model"),

@@ -72,7 +72,7 @@ class ScorerOptions:
 
     mode: ScoreMode | None = field(default=None, metadata={"help": "None: the best the available models and inputs allow"})
     features: FeatureChoice = field(default="auto", metadata={"help": "patch features for mutual/reference: clip when weights load"})
-    prompts: str | Path | None = field(default=None, metadata={"help": "learned prompt checkpoint folder"})
+    prompt_checkpoint: str | Path | None = field(default=None, metadata={"help": "folder of learned prompts (train-prompts --out)"})
     backbone: dict[str, Any] = field(default_factory=dict, metadata={"help": "BackboneConfig fields the user set"})
     localizer: LocalizerConfig | None = None
     image_score: ImageScore | None = None
@@ -116,7 +116,7 @@ def build_scorer(options: ScorerOptions = ScorerOptions(), references: list[Imag
         try:
             if wants_prompts:
                 prompt = mode if mode in ("prompt", "ensemble") else None
-                localizer = build_localizer(options.prompts, prompt, options.backbone, options.localizer, options.image_score)
+                localizer = build_localizer(options.prompt_checkpoint, prompt, options.backbone, options.localizer, options.image_score)
                 localizer.batch_size = options.batch_size
                 if options.keep_aspect is not None:
                     localizer.config = replace(localizer.config, keep_aspect=options.keep_aspect)

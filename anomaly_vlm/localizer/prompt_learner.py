@@ -9,7 +9,7 @@ from torch import nn
 
 from ..clip import ClipBackbone, encode_text_prompted
 from ..digests import json_digest, tensors_digest
-from ..prompts import StatePrompts
+from ..templates import StateWords
 from .config import PromptConfig
 
 NORMAL, ABNORMAL = 0, 1
@@ -70,8 +70,8 @@ class PromptLearner(nn.Module):
 class PromptEnsemble:
     """States x templates averaged per state: zero-shot, nothing to train."""
 
-    def __init__(self, prompts: StatePrompts | None = None):
-        self.prompts = prompts or StatePrompts.load()
+    def __init__(self, prompts: StateWords | None = None):
+        self.prompts = prompts or StateWords.load()
 
     def sentences(self, object_name: str) -> tuple[list[str], list[str]]:
         def expand(states: tuple[str, ...]) -> list[str]:

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from ..attributes import RegionAttributes
-from ..prompts import load_yaml, prompts_dir
+from ..templates import load_yaml, templates_dir
 from ..verdicts import describe_thresholds
+from ..vocabulary import REGION_COLUMNS, region_row
 from .document import package_version
 
-REGION_COLUMNS = ("number", "location", "box", "size", "peak", "mean")
 
 
 @dataclass
@@ -59,17 +58,13 @@ def _measured(item: dict) -> bool:
 
 def region_columns(item: dict) -> tuple[str, ...]:
     """The region table's column keys: the look column only when some region has one."""
-    return REGION_COLUMNS + (("looks",) if _measured(item) else ())
+    return REGION_COLUMNS if _measured(item) else REGION_COLUMNS[:-1]
 
 
 def region_cells(item: dict, region: dict) -> list[str]:
-    """One region table row as text, in `region_columns` order; `number` is filled by the caller."""
-    cells = [region["location"], ", ".join(map(str, region["box"])), f"{100 * region['area_fraction']:.2f}",
-             f"{region['peak_score']:.2f}", f"{region['mean_score']:.2f}"]
-    if _measured(item):
-        attributes = region.get("attributes")
-        cells.append(RegionAttributes.from_dict(attributes).describe(short=True) if attributes else "-")
-    return cells
+    """One region table row as text, in `region_columns` order after the number (the caller numbers rows)."""
+    row = region_row(0, region)
+    return [row[key] for key in region_columns(item)[1:]]
 
 
 def model_lines(document: dict, words: dict) -> list[str]:
@@ -93,4 +88,4 @@ def template(name: str):
     from jinja2 import Environment, StrictUndefined
 
     environment = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    return environment.from_string((prompts_dir() / name).read_text(encoding="utf-8"))
+    return environment.from_string((templates_dir() / name).read_text(encoding="utf-8"))

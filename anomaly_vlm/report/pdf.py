@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 
-from .context import REGION_COLUMNS, ReportOptions, region_cells, region_columns, render_context
+from .context import ReportOptions, region_cells, region_columns, render_context
 from .figures import Figures
 
 
@@ -102,7 +102,7 @@ def _image_detail(pdf: _Pdf, item: dict, figures: Figures, context: dict) -> Non
     if item["regions"]:
         rows = [[str(n)] + region_cells(item, r) for n, r in enumerate(item["regions"], 1)]
         keys = region_columns(item)
-        widths = (8, 30, 50, 30, 25, 25) if len(keys) == len(REGION_COLUMNS) else (6, 18, 30, 16, 14, 14, 70)
+        widths = (6, 18, 30, 16, 14, 14, 70) if "looks" in keys else (8, 30, 50, 30, 25, 25)
         pdf.table([columns[k] for k in keys], rows, widths)
     else:
         pdf.paragraph(words["no_regions"], 9, "I")

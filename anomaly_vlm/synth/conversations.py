@@ -30,8 +30,8 @@ from ..attributes import RegionAttributes
 from ..chat_format import first_turn, system_prompt, text_part
 from ..configs import ConfigError
 from ..errors import DatasetError
-from ..mmad_questions import MMADQuestion, load_prompts, phrase_question
-from ..prompts import load_yaml
+from ..mmad_questions import MMADQuestion, load_phrasing, phrase_question
+from ..templates import load_yaml
 from ..types import Findings, Region
 from ..vocabulary import DEFECT_TYPES, LOCATIONS
 from .ground_truth import GroundTruth
@@ -85,7 +85,7 @@ class Phrasebook:
             self.questions[intent] = [env.from_string(q) for q in questions]
             self.answers[intent] = {k: [env.from_string(a) for a in answers[k]] for k in ("anomalous", "normal")}
         self.mmad = _mmad_phrases(data.get("mmad"), conversations)
-        self.mmad_prompts = load_prompts()
+        self.mmad_phrasing = load_phrasing()
 
 
 def _texts(value, where: str) -> list[str]:
@@ -311,7 +311,7 @@ def build_conversation(truth: GroundTruth, findings: Findings, object_name: str,
         if intent in MMAD_INTENTS:
             asked = mmad_question(intent, truth, findings, object_name, rng, book, config)
             shots = int(rng.choice([0, 1, 1, 1, 2, 4]))
-            question, answer = phrase_question(asked, book.mmad_prompts, shots), mmad_answer(asked, rng, book)
+            question, answer = phrase_question(asked, book.mmad_phrasing, shots), mmad_answer(asked, rng, book)
         else:
             question = book.questions[intent][rng.integers(len(book.questions[intent]))].render(variables)
             answers = book.answers[intent][state]

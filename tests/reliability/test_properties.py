@@ -21,7 +21,7 @@ from PIL import Image
 
 from anomaly_vlm.errors import ImageLoadError
 from anomaly_vlm.io import load_image
-from anomaly_vlm.prompts import prompts_dir
+from anomaly_vlm.templates import templates_dir
 from anomaly_vlm.inspector import build_inspection
 from anomaly_vlm.proposals import ProposalConfig, make_region, propose
 from anomaly_vlm.verdicts import Thresholds
@@ -302,7 +302,7 @@ class _Tags(HTMLParser):
 
 
 # the tags the report layout itself writes; user text must add none
-TEMPLATE_TAGS = _Tags((prompts_dir() / "report.html.j2").read_text(encoding="utf-8")).tags
+TEMPLATE_TAGS = _Tags((templates_dir() / "report.html.j2").read_text(encoding="utf-8")).tags
 
 
 @st.composite

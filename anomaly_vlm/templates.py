@@ -12,7 +12,7 @@ import yaml
 from .errors import DatasetError
 
 
-def prompts_dir() -> Traversable:
+def templates_dir() -> Traversable:
     """The `prompts/` folder: the source checkout's, else the copy installed with the package."""
     source = Path(__file__).resolve().parent.parent / "prompts"
     if source.is_dir():
@@ -22,7 +22,7 @@ def prompts_dir() -> Traversable:
 
 def load_yaml(name: str | Path) -> dict:
     """A YAML mapping from `prompts/` (by file name) or from any path."""
-    path = Path(name) if Path(name).is_absolute() or Path(name).is_file() else prompts_dir() / str(name)
+    path = Path(name) if Path(name).is_absolute() or Path(name).is_file() else templates_dir() / str(name)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
@@ -33,7 +33,7 @@ def load_yaml(name: str | Path) -> dict:
 
 
 @dataclass(frozen=True)
-class StatePrompts:
+class StateWords:
     """States x templates for the hand-crafted CLIP prompt ensemble."""
 
     normal_states: tuple[str, ...]
@@ -41,7 +41,7 @@ class StatePrompts:
     templates: tuple[str, ...]
 
     @classmethod
-    def load(cls, name: str | Path = "clip_states.yaml") -> StatePrompts:
+    def load(cls, name: str | Path = "clip_states.yaml") -> StateWords:
         data = load_yaml(name)
         expected = {f.name for f in fields(cls)}
         unknown = set(data) - expected
