@@ -13,7 +13,7 @@ import numpy as np
 
 from .drawing import (
     blend,
-    blob_radius,
+    blob_on_part,
     draw_lines,
     ellipse_radius,
     foreground_point,
@@ -113,10 +113,8 @@ class MissingConfig:
 def _missing(image: np.ndarray, context: SimulationContext, config: MissingConfig):
     """On an all-foreground image there is no backdrop to show, so the void is a flat dark colour."""
     rng = context.rng
-    radius = max(3.0, uniform(rng, config.radius) * shorter_side(image))
-    centre = foreground_point(context)
-    window = window_around(image.shape, centre, (radius * (1 + config.irregularity) + 2,) * 2)
-    chunk = blob_radius(rng, window, centre, radius, config.irregularity) < 1
+    window, rho = blob_on_part(rng, image, context, config.radius, config.irregularity)
+    chunk = rho < 1
     if context.foreground.all():
         fill = np.full(3, rng.uniform(5, 40), dtype=np.float32)
     else:

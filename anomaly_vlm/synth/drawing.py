@@ -67,6 +67,15 @@ def blob_radius(
     return rho + np.float32(irregularity) * perlin_noise(rho.shape, cells, rng)
 
 
+def blob_on_part(rng: np.random.Generator, image: np.ndarray, context: SimulationContext,
+                 radius: tuple[float, float], irregularity: float) -> tuple[tuple[slice, slice], np.ndarray]:
+    """An irregular blob of a random radius (fraction of the side) on the part: its window and `blob_radius` there."""
+    size = max(3.0, uniform(rng, radius) * shorter_side(image))
+    centre = foreground_point(context)
+    window = window_around(image.shape, centre, (size * (1 + irregularity) + 2,) * 2)
+    return window, blob_radius(rng, window, centre, size, irregularity)
+
+
 def random_path(
     rng: np.random.Generator,
     centre: tuple[float, float],

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .drawing import blend, blob_radius, draw_lines, foreground_point, random_path, shorter_side, uniform, window_around
+from .drawing import blend, blob_on_part, draw_lines, foreground_point, random_path, shorter_side, uniform, window_around
 from .simulators import SimulationContext, register_simulator
 
 
@@ -56,10 +56,7 @@ class StainConfig:
 @register_simulator("stain", StainConfig)
 def _stain(image: np.ndarray, context: SimulationContext, config: StainConfig):
     rng = context.rng
-    radius = max(3.0, uniform(rng, config.radius) * shorter_side(image))
-    centre = foreground_point(context)
-    window = window_around(image.shape, centre, (radius * (1 + config.irregularity) + 2,) * 2)
-    rho = blob_radius(rng, window, centre, radius, config.irregularity)
+    window, rho = blob_on_part(rng, image, context, config.radius, config.irregularity)
     softness = uniform(rng, config.softness)
     alpha = np.clip((1 - rho) / np.float32(softness), 0, 1)
     alpha = alpha * alpha * (3 - 2 * alpha) * np.float32(uniform(rng, config.opacity))
