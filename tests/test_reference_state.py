@@ -113,3 +113,17 @@ def test_references_digest_follows_the_pixels():
     assert first.references_digest == _fit([_part(0), _part(1)]).references_digest
     assert first.references_digest != second.references_digest
     assert len(first.references_digest) == 64 and first.describe()["references_digest"] == first.references_digest
+
+
+def test_the_bank_keeps_its_coreset_share_and_still_finds_the_blemish(references):
+    whole = ReferenceScorer(SOURCE, ReferenceConfig(neighbourhoods=(1, 3), coreset_ratio=1.0), progress=False)
+    tenth = ReferenceScorer(SOURCE, ReferenceConfig(neighbourhoods=(1, 3), coreset_ratio=0.1), progress=False)
+    clean = references[:4]
+    whole.fit(clean), tenth.fit(clean)
+    patches = 4 * 4 * 16 * 16  # references x (original + 3 augmentations) x grid
+    assert [len(b.patches) for b in whole.banks] == [patches] * 2
+    assert [len(b.patches) for b in tenth.banks] == [int(np.ceil(0.1 * patches))] * 2
+    scores = tenth.score([_part(20), _part(21, blemish=True)]).image_score
+    assert scores[1] > scores[0]
+    with pytest.raises(ValueError, match="coreset_ratio"):
+        ReferenceScorer(SOURCE, ReferenceConfig(coreset_ratio=0.0))
