@@ -78,3 +78,16 @@ def from_dict(cls: type[T], values: Any, where: str) -> T:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(known)}")
     return cls(**{key: _check(value, hints[key], f"{where}.{key}") for key, value in values.items()})
 
+
+
+def check_share(name: str, value: float) -> None:
+    """`value` is a probability or a fraction: in [0, 1]."""
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must lie in [0, 1], got {value}")
+
+
+def check_span(name: str, span: tuple[int, int], least: int) -> None:
+    """`span` is an inclusive [low, high] range with least <= low <= high."""
+    low, high = span
+    if not least <= low <= high:
+        raise ConfigError(f"{name} must be [low, high] with {least} <= low <= high, got {[low, high]}")

@@ -64,3 +64,12 @@ def tiny_chat_tokenizer() -> PreTrainedTokenizerFast:
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]")
     fast.chat_template = CHAT_TEMPLATE
     return fast
+
+
+def assert_same_scorer(restored, fitted, images) -> None:
+    """A reference scorer rebuilt from its state scores, holds out and describes itself as the fitted one."""
+    expected, got = fitted.score(images), restored.score(images)
+    np.testing.assert_array_equal(got.anomaly_map, expected.anomaly_map)
+    np.testing.assert_array_equal(got.image_score, expected.image_score)
+    np.testing.assert_array_equal(restored.leave_one_out().image_score, fitted.leave_one_out().image_score)
+    assert restored.describe() == fitted.describe()

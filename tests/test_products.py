@@ -12,7 +12,7 @@ from anomaly_vlm.errors import CheckpointError, ProductError
 from anomaly_vlm.localizer import ReferenceConfig, ReferenceScorer, build_feature_source
 from anomaly_vlm.products import ProductProfile, ProductStore, default_home
 
-from .synthetic import textured_image
+from .synthetic import assert_same_scorer, textured_image
 
 SIZE = 64
 SOURCE = build_feature_source("builtin", image_size=SIZE, grid_size=16)
@@ -66,12 +66,7 @@ def test_list_is_sorted_and_unknown_names_list_the_known(store, bank):
 def test_scorer_from_the_store_scores_like_the_fitted_bank(store, bank):
     store.add("bracket", {"builtin": bank}, THRESHOLDS, GOOD)
     loaded = store.scorer("bracket", SOURCE, progress=False)
-    images = [_part(10), _part(11, blemish=True)]
-    expected, got = bank.score(images), loaded.score(images)
-    np.testing.assert_array_equal(got.anomaly_map, expected.anomaly_map)
-    np.testing.assert_array_equal(got.image_score, expected.image_score)
-    np.testing.assert_array_equal(loaded.leave_one_out().image_score, bank.leave_one_out().image_score)
-    assert loaded.describe() == bank.describe()
+    assert_same_scorer(loaded, bank, [_part(10), _part(11, blemish=True)])
 
 
 @pytest.mark.parametrize("name", ["", ".hidden", "..", "a/b", "../up", "a b", "x" * 65, "dé", "ok\n", "tab\t"])

@@ -10,7 +10,7 @@ from PIL import Image
 from anomaly_vlm.errors import AnomalyVLMError, CheckpointError
 from anomaly_vlm.localizer import ReferenceConfig, ReferenceScorer, build_feature_source
 
-from .synthetic import textured_image
+from .synthetic import assert_same_scorer, textured_image
 
 SIZE = 64
 SOURCE = build_feature_source("builtin", image_size=SIZE, grid_size=16)
@@ -43,12 +43,7 @@ def test_state_round_trip_scores_identically(fitted):
     meta = json.loads(json.dumps(meta))
     assert meta["num_references"] == 5 and meta["references_digest"] == fitted.references_digest
     restored = ReferenceScorer.from_state(SOURCE, {k: v.clone() for k, v in tensors.items()}, meta, progress=False)
-    images = [_part(10), _part(11, blemish=True)]
-    expected, got = fitted.score(images), restored.score(images)
-    np.testing.assert_array_equal(got.anomaly_map, expected.anomaly_map)
-    np.testing.assert_array_equal(got.image_score, expected.image_score)
-    np.testing.assert_array_equal(restored.leave_one_out().image_score, fitted.leave_one_out().image_score)
-    assert restored.describe() == fitted.describe()
+    assert_same_scorer(restored, fitted, [_part(10), _part(11, blemish=True)])
 
 
 def test_state_of_a_single_reference_round_trips():

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..attributes import RegionAttributes
 from ..chat_format import first_turn, system_prompt, text_part
-from ..configs import ConfigError
+from ..configs import check_share, check_span
 from ..errors import DatasetError
 from ..mmad_questions import MMADQuestion, load_phrasing, phrase_question
 from ..templates import load_yaml
@@ -57,13 +57,9 @@ class ConversationConfig:
 
     def __post_init__(self) -> None:
         # recipe.load_recipe reports a ConfigError with the recipe file named
-        if not 0.0 <= self.mmad_rate <= 1.0:
-            raise ConfigError(f"conversation.mmad_rate must lie in [0, 1], got {self.mmad_rate}")
-        if not 0.0 <= self.report_rate <= 1.0:
-            raise ConfigError(f"conversation.report_rate must lie in [0, 1], got {self.report_rate}")
-        low, high = self.mmad_options
-        if not 2 <= low <= high:
-            raise ConfigError(f"conversation.mmad_options must be [low, high] with 2 <= low <= high, got {[low, high]}")
+        check_share("conversation.mmad_rate", self.mmad_rate)
+        check_share("conversation.report_rate", self.report_rate)
+        check_span("conversation.mmad_options", self.mmad_options, 2)
 
 
 class Phrasebook:

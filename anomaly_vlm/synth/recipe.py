@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ..configs import ConfigError, from_dict
+from ..configs import ConfigError, check_share, check_span, from_dict
 from ..errors import DatasetError
 from .conversations import ConversationConfig
 from .findings import FindingsNoise
@@ -75,11 +75,14 @@ def _check_recipe(recipe: Recipe, where: str) -> None:
         raise ConfigError(f"{where}: source.image_size must be at least 64, got {source.image_size}")
     if recipe.num < 1:
         raise ConfigError(f"{where}: num must be at least 1, got {recipe.num}")
-    if not 0.0 <= recipe.normal_ratio <= 1.0:
-        raise ConfigError(f"{where}: normal_ratio must lie in [0, 1], got {recipe.normal_ratio}")
-    low, high = recipe.defects_per_image
-    if not 1 <= low <= high:
-        raise ConfigError(f"{where}: defects_per_image must be [low, high] with 1 <= low <= high, got {[low, high]}")
+    try:
+        check_share("normal_ratio", recipe.normal_ratio)
+        check_span("defects_per_image", recipe.defects_per_image, 1)
+        for name in ("miss_rate", "false_alarm_rate"):
+            check_share(f"findings.{name}", getattr(recipe.findings, name))
+        check_span("conversation.turns", recipe.conversation.turns, 1)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     if not recipe.simulators:
         raise ConfigError(f"{where}: simulators must name at least one defect simulator")
     for name, choice in recipe.simulators.items():
@@ -89,12 +92,6 @@ def _check_recipe(recipe: Recipe, where: str) -> None:
         recipe.simulator_configs()
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    for name in ("miss_rate", "false_alarm_rate"):
-        if not 0.0 <= getattr(recipe.findings, name) <= 1.0:
-            raise ConfigError(f"{where}: findings.{name} must lie in [0, 1]")
-    low, high = recipe.conversation.turns
-    if not 1 <= low <= high:
-        raise ConfigError(f"{where}: conversation.turns must be [low, high] with 1 <= low <= high, got {[low, high]}")
 
 
 def _resolve(path: str | None, base: Path) -> str | None:
