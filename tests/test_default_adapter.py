@@ -48,6 +48,27 @@ def test_the_default_adapter_resolves_only_for_the_embedded_model(tmp_path):
     assert resolve_adapter(AssistantOptions()) == (DEFAULT_ADAPTER if shipped_here else None)
 
 
+def test_the_shipped_adapter_is_small_licence_clean_and_packaged():
+    import tomllib
+
+    from safetensors import safe_open
+
+    weights = DEFAULT_ADAPTER / "adapter_model.safetensors"
+    assert weights.is_file() and weights.stat().st_size <= 8 * 2**20
+    info = json.loads((DEFAULT_ADAPTER / "adapter.json").read_text())
+    assert info["name"] == "anomaly-vlm-default" and info["version"]
+    assert info["command"] == "bash benchmarks/train_default_adapter.sh" and "procedural" in info["licence"]
+    recipe = yaml.safe_load((REPO / info["recipe"]).read_text())
+    assert recipe["source"]["kind"] == "procedural" and recipe["seed"] == info["recipe_seed"]
+    assert info["training_data"]["samples"] == recipe["num"]
+    config = json.loads((DEFAULT_ADAPTER / "adapter_config.json").read_text())
+    assert config["r"] == info["lora"]["rank"] and config["base_model_name_or_path"].endswith("SmolLM2-135M-Instruct")
+    with safe_open(str(weights), framework="pt") as tensors:
+        assert all("lora_" in key for key in tensors.keys())
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["anomaly_vlm"]
+    assert {"adapters/default/*.json", "adapters/default/*.safetensors"} <= set(data)
+
+
 @pytest.fixture(scope="module")
 def tiny_folders(tmp_path_factory):
     """A tiny base model folder and an adapter for it with an adapter.json."""
