@@ -113,8 +113,17 @@ def test_mutual_memory_is_bounded_by_the_chunk_not_the_batch(monkeypatch):
 
 def test_coreset_covers_separate_clusters():
     bank = torch.cat([torch.zeros(50, 4), torch.full((5, 4), 10.0)])
-    chosen = neighbours.greedy_coreset(bank, 2)
+    chosen = neighbours.greedy_coreset(bank, 2, oversample=100)
     assert {int(i) >= 50 for i in chosen} == {True, False}
+
+
+def test_a_large_bank_is_cut_to_a_seeded_pool_before_the_greedy_picks():
+    bank = torch.randn(5000, 8, generator=torch.Generator().manual_seed(0))
+    chosen = neighbours.greedy_coreset(bank, 50, oversample=4)
+    assert len(chosen) == len(set(chosen.tolist())) == 50 and int(chosen.max()) < 5000
+    assert torch.equal(chosen, neighbours.greedy_coreset(bank, 50, oversample=4))
+    pool = torch.randperm(5000, generator=torch.Generator().manual_seed(0))[:200]
+    assert set(chosen.tolist()) <= set(pool.tolist())
 
 
 def test_fusion_of_one_map_is_that_map_and_weights_apply():

@@ -64,16 +64,23 @@ def nearest_distance_per_image(query: torch.Tensor, others: torch.Tensor, chunk_
     return (torch.cat(columns, dim=1) + query_norms).clamp_min(0).sqrt()
 
 
-def greedy_coreset(bank: torch.Tensor, size: int, projection_dim: int = 24, seed: int = 0) -> torch.Tensor:
+def greedy_coreset(bank: torch.Tensor, size: int, projection_dim: int = 24, seed: int = 0,
+                   oversample: int = 10) -> torch.Tensor:
     """Indices of `size` rows chosen by greedy k-centre (PatchCore's coreset).
 
     Each pick is the row farthest from everything picked so far, so the subset covers
     the bank's spread, not just its dense middle. Distances are taken on a fixed random
-    projection when the features are wide, which keeps each step cheap.
+    projection when the features are wide, which keeps each step cheap. The cost is
+    rows x picks, so a bank over `oversample` times `size` is first cut to a seeded
+    random pool of that many rows: a product with hundreds of good images is fitted
+    in minutes, not hours.
     """
     if size >= len(bank):
         return torch.arange(len(bank))
     generator = torch.Generator().manual_seed(seed)
+    if len(bank) > oversample * size:
+        pool = torch.randperm(len(bank), generator=generator)[: oversample * size].sort().values
+        return pool[greedy_coreset(bank[pool], size, projection_dim, seed, oversample)]
     points = bank
     if bank.shape[1] > projection_dim:
         projection = torch.randn(bank.shape[1], projection_dim, generator=generator) / projection_dim**0.5
