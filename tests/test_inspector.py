@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomaly_vlm.errors import AnomalyVLMError
 from anomaly_vlm.inspector import Inspector, InspectorConfig
 from anomaly_vlm.localizer import ScorerOptions
 from anomaly_vlm.types import Inspection
