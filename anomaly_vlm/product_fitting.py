@@ -98,10 +98,10 @@ def learn_product_profile(store: ProductStore, name: str, config=None, verdicts=
     CLIP and which prompts to start from), calibrated the same way.
     """
     from .io import load_image
-    from .localizer import DEFAULT_WEIGHTS, ScorerOptions, build_feature_source, fuse
+    from .localizer import ScorerOptions, build_feature_source
     from .localizer.learned import learn_product
     from .localizer.learned_config import LearnConfig
-    from .verdicts import VerdictConfig, from_good_scores
+    from .verdicts import VerdictConfig
 
     profile = store.load(name)
     config, verdicts = config or LearnConfig(), verdicts or VerdictConfig()
@@ -113,11 +113,8 @@ def learn_product_profile(store: ProductStore, name: str, config=None, verdicts=
         raise ProductError(f"product {name!r}: learning needs at least 2 held-out good images to calibrate on "
                            f"(it has {len(profile.good)} good images; hold out more or add images)")
     source = build_feature_source("builtin", keep_aspect=options.features_keep_aspect)
-    reference = store.scorer(name, source, progress=False)
-    fused = fuse({"reference": reference.leave_one_out().take(held),
-                  "learned": learned.score([good[i] for i in held])}, DEFAULT_WEIGHTS)
-    what = f"{len(held)} good images held out of training, reference + learned fused"
-    thresholds = from_good_scores(fused.image_score, verdicts, "product", what)
+    thresholds = _held_out_thresholds(store.scorer(name, source, progress=False), "learned", learned, good, held,
+                                      verdicts)
     profile = store.attach(name, LEARNED_DIR, store.training_folder(name), learned.describe(), LEARNED_KEY,
                            thresholds.to_dict())
     if "clip" in profile.features:
@@ -128,23 +125,35 @@ def learn_product_profile(store: ProductStore, name: str, config=None, verdicts=
 def _learn_prompts(store: ProductStore, profile: ProductProfile, good: list, held: list[int], options, config,
                    prompt_config, verdicts, progress: bool) -> ProductProfile:
     """Fine-tune CLIP prompts on the product's training images with simulated defects; calibrate fused with its CLIP bank."""
-    from .localizer import DEFAULT_WEIGHTS, build_feature_source, build_localizer, fuse
+    from .localizer import build_feature_source, build_localizer
     from .localizer.checkpoint import checkpoint_meta
     from .localizer.product_prompts import ProductPromptConfig, learn_product_prompts
-    from .verdicts import from_good_scores
 
     localizer = build_localizer(options.prompt_checkpoint, "prompt", options.backbone)
     meta = checkpoint_meta(localizer, options.backbone.get("weights"),
                            f"fine-tuned on product {profile.name}'s good images with simulated defects")
     folder = store.training_folder(profile.name, PROMPTS_DIR)
-    train = [image for i, image in enumerate(good) if i not in set(held)]
+    kept = set(held)
+    train = [image for i, image in enumerate(good) if i not in kept]
     checkpoint = learn_product_prompts(localizer, train, folder, meta, config, prompt_config or ProductPromptConfig(),
                                        progress)
     source = build_feature_source("clip", backbone=localizer.backbone, keep_aspect=options.features_keep_aspect)
-    reference = store.scorer(profile.name, source, progress=False)
-    fused = fuse({"reference": reference.leave_one_out().take(held),
-                  "prompt": localizer.score([good[i] for i in held])}, DEFAULT_WEIGHTS)
-    what = f"{len(held)} good images held out of training, reference + learned prompts fused"
-    thresholds = from_good_scores(fused.image_score, verdicts, "product", what)
+    thresholds = _held_out_thresholds(store.scorer(profile.name, source, progress=False), "prompt", localizer, good,
+                                      held, verdicts, "learned prompts")
     return store.attach(profile.name, PROMPTS_DIR, checkpoint, localizer.describe(), PROMPTS_KEY, thresholds.to_dict(),
                         cleanup=folder)
+
+
+def _held_out_thresholds(reference, mode: str, learned, good: list, held: list[int], verdicts, named: str = "learned"):
+    """Thresholds of the product's reference bank fused with what was learned on it, from the held-out good images.
+
+    The reference part scores them held out of its bank (leave-one-out), the learned
+    part as images it never trained on.
+    """
+    from .localizer import DEFAULT_WEIGHTS, fuse
+    from .verdicts import from_good_scores
+
+    fused = fuse({"reference": reference.leave_one_out().take(held),
+                  mode: learned.score([good[i] for i in held])}, DEFAULT_WEIGHTS)
+    what = f"{len(held)} good images held out of training, reference + {named} fused"
+    return from_good_scores(fused.image_score, verdicts, "product", what)
