@@ -60,15 +60,26 @@ class AppConfig:
 
 @dataclass
 class Session:
-    """One browser session: its current inspection, the chat about it, and its private folder."""
+    """One browser session: its current inspection, the chat about it, and its private folder.
 
-    folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="anomaly-vlm-session-")))
+    The folder is made on first use: Gradio builds a session for every page load (and
+    some at start-up), most of which never write a file.
+    """
+
     inspection: Inspection | None = None
     turns: list[Turn] = field(default_factory=list)
+    _folder: Path | None = field(default=None, repr=False)
+
+    @property
+    def folder(self) -> Path:
+        if self._folder is None:
+            self._folder = Path(tempfile.mkdtemp(prefix="anomaly-vlm-session-"))
+        return self._folder
 
     def close(self) -> None:
         """Remove the session's files (Gradio calls this when the browser session ends)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
 
 
 def _path_of(upload) -> Path:

@@ -33,6 +33,18 @@ def widget(dataset_root):
             "references": [str(p) for p in sorted((category / "train" / "good").glob("*.png"))]}
 
 
+def test_session_folder_is_made_on_first_use_and_removed_on_close(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    sessions = [Session() for _ in range(3)]  # Gradio builds one per page load
+    assert not list(tmp_path.iterdir())
+    folder = sessions[0].folder
+    assert folder.is_dir() and folder.parent == tmp_path and sessions[0].folder == folder
+    (folder / "report.html").write_text("x")
+    for session in sessions:
+        session.close()
+    assert not list(tmp_path.iterdir())
+
+
 def test_inspect_chat_and_report_functions(widget):
     app = InspectionApp(app_inspector())
     session = Session()
