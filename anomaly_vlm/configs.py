@@ -86,7 +86,7 @@ def check_share(name: str, value: float) -> None:
         raise ConfigError(f"{name} must lie in [0, 1], got {value}")
 
 
-def check_span(name: str, span: tuple[int, int], least: int) -> None:
+def check_span(name: str, span: tuple[float, float], least: float) -> None:
     """`span` is an inclusive [low, high] range with least <= low <= high."""
     low, high = span
     if not least <= low <= high:

@@ -8,6 +8,7 @@ from anomaly_vlm.configs import ConfigError, from_dict
 from anomaly_vlm.proposals import grid_location, regions_from_mask
 from anomaly_vlm.synth.conversations import ConversationConfig, Phrasebook, build_conversation
 from anomaly_vlm.synth.findings import FindingsNoise, simulate_findings
+from anomaly_vlm.synth.recipe import recipe_from_dict
 from anomaly_vlm.synth.ground_truth import ground_truth, severity_grade
 from anomaly_vlm.types import Findings
 from anomaly_vlm.vocabulary import LOCATIONS
@@ -68,6 +69,27 @@ def test_simulated_findings_miss_jitter_and_false_alarms():
     capped = simulate_findings(truth, (120, 90), np.random.default_rng(0), FindingsNoise(0.0, 1.0, 0.0, top_k=2))
     assert len(capped.regions) == 2 and capped.block().count("peak score") == 2
     assert capped.regions[0].peak_score >= capped.regions[1].peak_score
+
+
+def test_simulated_findings_draw_calibrated_thresholds_and_review_bands():
+    original, defective, mask = _sample()
+    defect = ground_truth(original, defective, mask, ["scratch"])
+    normal = ground_truth(*_sample(defect=False), [])
+    fixed = simulate_findings(defect, (120, 90), np.random.default_rng(0), FindingsNoise(0.0, 0.0, 0.0))
+    assert fixed.threshold == 0.5 and fixed.review_threshold is None
+    noise = FindingsNoise(0.0, 0.0, 0.1, thresholds=(0.3, 0.9), review_rate=0.5, review_margins=(0.05, 0.2))
+    drawn = [(truth.anomalous, simulate_findings(truth, (120, 90), np.random.default_rng(seed), noise))
+             for seed in range(60) for truth in (defect, normal)]
+    thresholds = [f.threshold for _, f in drawn]
+    assert 0.3 <= min(thresholds) < 0.4 and 0.8 < max(thresholds) <= 0.9
+    assert all(f.anomalous == anomalous for anomalous, f in drawn)  # the score keeps its side of the threshold
+    bands = [f for _, f in drawn if f.review_threshold is not None]
+    assert 30 < len(bands) < 90
+    assert all(0.045 <= f.threshold - f.review_threshold <= 0.205 for f in bands)  # both rounded to 0.01
+    assert {f.verdict for _, f in drawn} == {"pass", "review", "fail"}
+    assert any("review threshold" in f.block() for f in bands)
+    with pytest.raises(ConfigError, match="findings.thresholds"):
+        recipe_from_dict({"name": "x", "source": {"kind": "procedural"}, "findings": {"thresholds": [0.9, 0.3]}}, "recipe.yaml")
 
 
 @pytest.mark.parametrize("defect", [True, False])

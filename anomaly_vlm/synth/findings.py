@@ -24,7 +24,12 @@ class FindingsNoise:
     miss_rate: float = field(default=0.1, metadata={"help": "chance that a true region is not proposed"})
     false_alarm_rate: float = field(default=0.15, metadata={"help": "chance of one spurious region per image"})
     jitter: float = field(default=0.15, metadata={"help": "box shift and scale noise, as a fraction of the box size"})
-    threshold: float = field(default=0.5, metadata={"help": "image score threshold the findings report"})
+    thresholds: tuple[float, float] = field(default=(0.5, 0.5), metadata={
+        "help": "span the reported FAIL threshold is drawn from: calibrated thresholds vary by product"})
+    review_rate: float = field(default=0.0, metadata={
+        "help": "chance that the findings carry a REVIEW band below the FAIL threshold"})
+    review_margins: tuple[float, float] = field(default=(0.05, 0.2), metadata={
+        "help": "span of the REVIEW band's width below the FAIL threshold"})
     top_k: int = field(default=ProposalConfig.top_k,
                        metadata={"help": "regions reported at most, strongest first, as the localizer's proposals"})
 
@@ -80,5 +85,26 @@ def simulate_findings(truth: GroundTruth, size: tuple[int, int], rng: np.random.
     if regions:
         score = max(r.peak_score for r in regions) * rng.uniform(0.85, 1.0)
     else:
-        score = rng.uniform(0.1, 0.9) * noise.threshold
-    return Findings(float(score), noise.threshold, regions)
+        score = rng.uniform(0.1, 0.9) * 0.5
+    threshold, review = _thresholds(rng, noise)
+    return Findings(float(_on_scale(score, threshold)), threshold, regions, review)
+
+
+def _thresholds(rng: np.random.Generator, noise: FindingsNoise) -> tuple[float, float | None]:
+    """The FAIL threshold and REVIEW threshold (None: no band) the findings report.
+
+    Nothing is drawn for a fixed threshold without a band, so recipes that ask for
+    neither give the findings they always gave.
+    """
+    low, high = noise.thresholds
+    threshold = round(float(rng.uniform(low, high)), 2) if high > low else low
+    if noise.review_rate <= 0 or rng.random() >= noise.review_rate:
+        return threshold, None
+    return threshold, round(max(0.0, threshold - float(rng.uniform(*noise.review_margins))), 2)
+
+
+def _on_scale(score: float, threshold: float) -> float:
+    """A score drawn against 0.5 moved onto a scale whose threshold is `threshold`, keeping its side and rank."""
+    if score < 0.5:
+        return score * threshold / 0.5
+    return threshold + (score - 0.5) * (1 - threshold) / 0.5
