@@ -98,7 +98,8 @@ def learn_product_profile(store: ProductStore, name: str, config=None, verdicts=
     CLIP and which prompts to start from), calibrated the same way.
     """
     from .io import load_image
-    from .localizer import ScorerOptions, build_feature_source
+    from .localizer import ScorerOptions
+    from .localizer.factory import builtin_source
     from .localizer.learned import learn_product
     from .localizer.learned_config import LearnConfig
     from .verdicts import VerdictConfig
@@ -112,7 +113,7 @@ def learn_product_profile(store: ProductStore, name: str, config=None, verdicts=
     if len(held) < 2:
         raise ProductError(f"product {name!r}: learning needs at least 2 held-out good images to calibrate on "
                            f"(it has {len(profile.good)} good images; hold out more or add images)")
-    source = build_feature_source("builtin", keep_aspect=options.features_keep_aspect)
+    source = builtin_source(options)  # the store rebuilds it at the bank's own resolution and grid
     thresholds = _held_out_thresholds(store.scorer(name, source, progress=False), "learned", learned, good, held,
                                       verdicts)
     profile = store.attach(name, LEARNED_DIR, store.training_folder(name), learned.describe(), LEARNED_KEY,

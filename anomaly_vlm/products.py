@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from .errors import CheckpointError, ProductError
 from .files import FILE_MODE, write_json
 from .localizer.checkpoint import CONFIG_FILE as PROMPTS_CONFIG, WEIGHTS_FILE as PROMPTS_WEIGHTS
-from .localizer.features import FeatureSource
+from .localizer.features import BuiltinFeatures, FeatureSource
 from .localizer.learned_scorer import CONFIG_FILE as LEARNED_CONFIG, WEIGHTS_FILE as LEARNED_WEIGHTS
 from .localizer.reference import ReferenceScorer
 
@@ -259,7 +259,10 @@ class ProductStore:
         return profile
 
     def scorer(self, name: str, source: FeatureSource, progress: bool = True) -> ReferenceScorer:
-        """The product's fitted reference scorer for `source` (its bank for `source.name`)."""
+        """The product's fitted reference scorer for `source` (its bank for `source.name`).
+
+        Built-in features are rebuilt at the resolution and grid the bank was fitted at.
+        """
         profile = self.load(name)
         if source.name not in profile.features:
             raise ProductError(
@@ -274,6 +277,8 @@ class ProductStore:
                 tensors = {key: bank.get_tensor(key) for key in bank.keys()}
         except (OSError, SafetensorError, KeyError, json.JSONDecodeError) as exc:
             raise ProductError(f"{path}: unreadable reference bank ({exc!r}); rebuild the product with `anomaly-vlm product add {name} ... --replace`") from None
+        if source.name == "builtin":  # no weights: the bank says which resolution and grid it was fitted at
+            source = BuiltinFeatures.described(meta.get("source", {}) or source.describe())
         try:
             scorer = ReferenceScorer.from_state(source, tensors, meta, progress)
         except CheckpointError as exc:

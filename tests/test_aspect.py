@@ -143,3 +143,9 @@ def test_score_records_the_resolution_it_worked_at(tmp_path):
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert {tuple(r["map_size"]) for r in results["images"]} == {(256, 640)}  # built-in features: 256 px across
     assert results["models"]["keep_aspect"] is True
+    finer = ["--builtin-size", "128", "--builtin-grid", "32"]
+    assert main(["score", str(folder), "--out", str(tmp_path / "fine"), "--mode", "mutual", "--features", "builtin",
+                 *finer]) == 0
+    results = json.loads((tmp_path / "fine" / "results.json").read_text())
+    assert {tuple(r["map_size"]) for r in results["images"]} == {(128, 320)}  # 4 px patches on 128 px across
+    assert results["models"]["feature_image_size"] == 128 and results["models"]["feature_grid"] == 32

@@ -105,10 +105,12 @@ def test_missing_feature_bank_is_named(store, bank):
         store.scorer("bracket", SimpleNamespace(name="clip"))
 
 
-def test_a_bank_for_another_feature_grid_is_refused(store, bank):
+def test_built_in_features_are_rebuilt_at_the_banks_resolution_and_grid(store, bank):
+    """A product fitted with --builtin-grid 16 scores at grid 16 whatever the options of the day say."""
     store.add("bracket", {"builtin": bank}, THRESHOLDS, GOOD)
-    with pytest.raises(CheckpointError, match="product 'bracket'.*feature_grid"):
-        store.scorer("bracket", build_feature_source("builtin", image_size=SIZE, grid_size=8))
+    loaded = store.scorer("bracket", build_feature_source("builtin"), progress=False)  # the defaults: 256 px, grid 32
+    assert loaded.source.describe() == SOURCE.describe() and loaded.grid == bank.grid
+    assert_same_scorer(loaded, bank, [_part(10), _part(11, blemish=True)])
 
 
 def test_add_refuses_inconsistent_inputs(store, bank):

@@ -18,6 +18,7 @@ from typing import Any, Callable, Literal, Union
 from ..assistant.backends import AssistantOptions, GenerationSettings
 from ..clip import BackboneConfig
 from ..localizer import DEFAULT_WEIGHTS, FusionConfig, LocalizerConfig, ScorerOptions
+from ..localizer.features import BuiltinFeatureConfig
 from ..engine import EngineConfig
 from ..localizer.learned_config import LearnConfig
 from ..localizer.product_prompts import ProductPromptConfig
@@ -165,6 +166,8 @@ BACKBONE = [Option(BackboneConfig, "name", "--backbone"), Option(BackboneConfig,
 LOCALIZER = [Option(ScorerOptions, "mode"), *BACKBONE, Option(ScorerOptions, "prompt_checkpoint", renamed=("--prompts",)),
              Option(ScorerOptions, "features"), Option(InputOptions, "references"), Option(InputOptions, "shots"),
              Option(InputOptions, "product"), Option(ScorerOptions, "batch_size"), Option(ScorerOptions, "keep_aspect"),
+             Option(BuiltinFeatureConfig, "image_size", "--builtin-size"),
+             Option(BuiltinFeatureConfig, "grid_size", "--builtin-grid"),
              Option(ScorerOptions, "image_score"),
              Option(FusionConfig, "weights", "--fusion-weights", parse=fusion_weights),
              Option(VerdictConfig, "threshold", parse=threshold_value),
@@ -199,7 +202,7 @@ LANGUAGE_MODEL = [Option(AssistantOptions, "backend"), Option(AssistantOptions, 
 def scorer_options(args: argparse.Namespace, progress: bool) -> ScorerOptions:
     layers = given(args, LocalizerConfig).get("layers")
     weights = given(args, FusionConfig).get("weights")
-    return configured(args, ScorerOptions, backbone=given(args, BackboneConfig),
+    return configured(args, ScorerOptions, backbone=given(args, BackboneConfig), builtin=configured(args, BuiltinFeatureConfig),
                       localizer=LocalizerConfig(layers=layers) if layers else None,
                       fusion=FusionConfig({**DEFAULT_WEIGHTS, **weights}) if weights else FusionConfig(),
                       progress=progress)

@@ -29,7 +29,7 @@ class BackboneConfig:
 
     name: str = field(default="ViT-L-14-336", metadata={"help": "open_clip architecture, hf-hub:ORG/REPO or local-dir:PATH"})
     weights: str | None = field(default="openai", metadata={"help": "pretrained tag, checkpoint file/folder, or 'none'"})
-    image_size: int | None = field(default=518, metadata={"help": "input side in pixels; None keeps the native size"})
+    image_size: int | None = field(default=518, metadata={"help": "CLIP input side in pixels; None keeps the native size"})
     device: str = field(default="auto", metadata={"help": "'auto', 'cpu', 'cuda', 'cuda:1', ..."})
     precision: str = field(default="fp32", metadata={"help": "fp32, bf16 or fp16 (half precision on GPU only)"})
     quick_gelu: bool | None = field(default=None, metadata={"help": "force QuickGELU; None follows the weights"})

@@ -12,7 +12,7 @@ from ..clip import BackboneConfig, ClipBackbone, load_backbone
 from ..errors import AnomalyVLMError, WeightsNotFoundError
 from .checkpoint import load_prompts, read_checkpoint
 from .config import ImageScore, LocalizerConfig, PromptConfig
-from .features import build_feature_source
+from .features import BuiltinFeatureConfig, build_feature_source
 from .fusion import FusedScorer, FusionConfig
 from .model import Localizer
 from .mutual import MutualConfig, MutualScorer
@@ -80,6 +80,8 @@ class ScorerOptions:
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     self_similarity: SelfConfig = field(default_factory=SelfConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    builtin: BuiltinFeatureConfig = field(default_factory=BuiltinFeatureConfig, metadata={
+        "help": "the built-in features' resolution and patch grid (a saved product keeps the ones it was fitted with)"})
     batch_size: int = field(default=8, metadata={"help": "images per forward pass, in every mode"})
     keep_aspect: bool | None = field(default=None, metadata={
         "help": "keep each set's aspect ratio (CLIP reads square tiles) instead of squashing images to squares; "
@@ -129,7 +131,7 @@ def build_scorer(options: ScorerOptions = ScorerOptions(), references: list[Imag
             reason = str(exc).splitlines()[0]
             notices.append(f"{reason}\nNo CLIP weights: scoring with the built-in features (no download needed). "
                            "To use CLIP, put its weights in place (README, 'Model weights') or pass --weights FILE.")
-    source = _feature_source(options.features, backbone, options.features_keep_aspect)
+    source = _feature_source(options, backbone)
     if mode is None:
         mode = "fused" if localizer and references else "prompt" if localizer else "reference" if references else "mutual"
         localizer = localizer if mode in ("fused", "prompt") else None
@@ -181,17 +183,24 @@ def product_source(options: ScorerOptions, banks: list[str]):
         choice = "builtin"
     if choice == "clip":
         return build_feature_source("clip", backbone=load_backbone(_backbone_config(options)), keep_aspect=keep_aspect)
-    return build_feature_source("builtin", keep_aspect=keep_aspect)
+    return builtin_source(options)
 
 
 def _backbone_config(options: ScorerOptions) -> BackboneConfig:
     return BackboneConfig(**{k: v for k, v in options.backbone.items() if v is not None})
 
 
-def _feature_source(choice: FeatureChoice, backbone: ClipBackbone | None, keep_aspect: bool):
-    if choice == "clip" or (choice == "auto" and backbone is not None):
-        return build_feature_source("clip", backbone=backbone, keep_aspect=keep_aspect)
-    return build_feature_source("builtin", keep_aspect=keep_aspect)
+def builtin_source(options: ScorerOptions):
+    """The built-in features at the options' resolution and grid, keeping the aspect as the options say."""
+    config = options.builtin
+    return build_feature_source("builtin", image_size=config.image_size, grid_size=config.grid_size,
+                                keep_aspect=options.features_keep_aspect)
+
+
+def _feature_source(options: ScorerOptions, backbone: ClipBackbone | None):
+    if options.features == "clip" or (options.features == "auto" and backbone is not None):
+        return build_feature_source("clip", backbone=backbone, keep_aspect=options.features_keep_aspect)
+    return builtin_source(options)
 
 
 def describe_models(models: dict) -> str:

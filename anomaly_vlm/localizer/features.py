@@ -61,7 +61,8 @@ class BuiltinFeatureConfig:
     """The download-free filter bank: colour, gradient and curvature statistics per patch."""
 
     image_size: int = field(default=256, metadata={"help": "shorter side of the working image in pixels"})
-    grid_size: int = field(default=32, metadata={"help": "patches along the shorter side; patches are image_size / grid_size wide"})
+    grid_size: int = field(default=32, metadata={
+        "help": "patches along the shorter side; patches are image_size / grid_size wide (finer finds thinner defects)"})
     keep_aspect: bool = field(default=True, metadata={"help": "keep the set's aspect ratio instead of squashing to a square"})
     sigmas: tuple[float, ...] = field(default=(1.0, 2.0, 4.0), metadata={"help": "filter scales in pixels at 256 px"})
 
@@ -168,6 +169,12 @@ class BuiltinFeatures:
         self.stride = max(1, config.image_size // config.grid_size)
         self._kernels = [(s, _gaussian_derivatives(s * config.image_size / 256)) for s in config.sigmas]
         self._filter_bank: _FilterBank | None = None
+
+    @classmethod
+    def described(cls, description: dict) -> BuiltinFeatures:
+        """The features a `describe()` names: a bank fitted on them is scored on no others."""
+        return cls(BuiltinFeatureConfig(int(description["feature_image_size"]), int(description["feature_grid"]),
+                                        keep_aspect=bool(description.get("keep_aspect", True))))
 
     def working_size(self, images: list[Image.Image]) -> tuple[int, int]:
         return working_size(images, self.image_size, self.stride, self.config.keep_aspect)
