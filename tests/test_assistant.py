@@ -15,7 +15,8 @@ from anomaly_vlm.assistant.dialogue import (Dialogue, answer_flags, contradictio
 from anomaly_vlm.assistant.evaluation import evaluate_chat
 from anomaly_vlm.assistant.models import resolve_model
 from anomaly_vlm.assistant.prompting import zoom_crops
-from anomaly_vlm.assistant.tuning import IGNORE, ConversationEncoder, TuneConfig, answer_loss, collate, epoch_batches, tune
+from anomaly_vlm.assistant.tuning import (IGNORE, ConversationEncoder, TuneConfig, answer_loss, answer_weights, collate,
+                                          epoch_batches, tune)
 from anomaly_vlm.chat_format import first_turn, system_prompt, text_part
 from anomaly_vlm.errors import AnomalyVLMError, CheckpointError, WeightsNotFoundError
 from anomaly_vlm.proposals import make_region
@@ -84,6 +85,20 @@ def test_lora_targets_the_language_model_only():
     peft_model = add_adapter(model, LoraConfig(r=4, lora_alpha=8))
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and "language_model" in n for n in trainable)
+
+
+def test_answer_weights_count_each_answer_once():
+    x = IGNORE
+    targets = torch.tensor([[x, 5, x, x, 7, 8, 9, 9],   # a one-token answer, then a four-token one
+                            [x, x, 3, 3, x, x, x, x]])  # one two-token answer
+    weights = answer_weights(targets, "answer")
+    assert torch.allclose(weights[0], torch.tensor([0, 1 / 3, 0, 0, 1 / 12, 1 / 12, 1 / 12, 1 / 12]))
+    assert torch.allclose(weights[1], torch.tensor([0, 0, 1 / 6, 1 / 6, 0, 0, 0, 0]))
+    assert torch.allclose(weights.sum(), torch.tensor(1.0))
+    tokens = answer_weights(targets, "token")
+    assert torch.allclose(tokens[targets != IGNORE], torch.full((7,), 1 / 7)) and (tokens[targets == IGNORE] == 0).all()
+    ends_and_starts = torch.tensor([[x, 1, 1], [2, 2, x]])  # a run at a row's end does not run into the next row
+    assert torch.allclose(answer_weights(ends_and_starts), torch.tensor([[0, 0.25, 0.25], [0.25, 0.25, 0]]))
 
 
 @pytest.mark.parametrize("build", [tiny_text_model, tiny_vlm])

@@ -48,6 +48,9 @@ class TuneConfig:
     r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = lora_alpha / r)"})
     lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
+    loss_per: Literal["answer", "token"] = field(default="answer", metadata={
+        "help": "answer: every answer weighs the same, so a one-letter MMAD answer counts as much as a paragraph; "
+                "token: the mean over all answer tokens"})
     scope: Scope = field(default="language", metadata={
         "help": "language: the LM's projections only (vision tower and projector frozen); all: every matching projection"})
 
@@ -149,8 +152,26 @@ def collate(items: list[dict], pad_id: int) -> dict:
     return batch
 
 
-def answer_loss(model, batch: dict):
-    """Mean next-token loss over answer tokens, computing logits only where an answer token follows.
+def answer_weights(targets, per: str = "answer"):
+    """Per-token loss weights summing to 1 over the batch: equal per answer (a run of target tokens) or per token.
+
+    Under a token mean a one-letter answer next to paragraph answers gets a few
+    percent of the gradient, and a small model then never learns to pick the letter.
+    """
+    import torch
+
+    answer = targets != IGNORE
+    if per == "token":
+        return answer.float() / answer.sum().clamp_min(1)
+    before = torch.nn.functional.pad(answer[:, :-1], (1, 0), value=False)
+    run = torch.cumsum((answer & ~before).flatten().long(), 0).view_as(answer) * answer  # 1, 2, ... per answer
+    lengths = torch.bincount(run.flatten(), minlength=int(run.max()) + 1).float()
+    runs = max(int(run.max()), 1)
+    return torch.where(answer, 1.0 / (lengths[run] * runs), torch.zeros((), dtype=torch.float32))
+
+
+def answer_loss(model, batch: dict, per: str = "answer"):
+    """Next-token loss over answer tokens (weighted by `answer_weights`), computing logits only where one follows.
 
     The vocabulary projection is a fifth of a small LM's compute; most positions are
     prompt, so skipping them makes a step markedly cheaper than the library loss.
@@ -161,7 +182,10 @@ def answer_loss(model, batch: dict):
     targets = batch["labels"][:, 1:]
     keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
     logits = model(**inputs, logits_to_keep=keep).logits
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets[:, keep].flatten(), ignore_index=IGNORE)
+    weights = answer_weights(targets, per)[:, keep]  # runs found before columns are dropped, so none merge
+    losses = F.cross_entropy(logits.flatten(0, 1).float(), targets[:, keep].flatten(), ignore_index=IGNORE,
+                             reduction="none")
+    return (losses * weights.flatten().to(losses.device)).sum()
 
 
 def encode_all(dataset, encode: ConversationEncoder, progress: bool = True) -> list[dict]:
@@ -255,7 +279,7 @@ def tune(options: AssistantOptions, data: str | Path, out: str | Path, config: T
         batch = collate([encoded[i] for i in epoch_batches(lengths, config.batch_size, config.seed, epoch)[index]], pad_id)
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-            loss = answer_loss(model, batch)
+            loss = answer_loss(model, batch, config.loss_per)
         if torch.isfinite(loss):
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(trainable, config.max_grad_norm)

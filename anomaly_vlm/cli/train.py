@@ -151,7 +151,7 @@ def add_parsers(commands) -> None:
     tune.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     add_options(tune.add_argument_group("assistant"), [*LANGUAGE_MODEL, Option(AssistantOptions, "quantize", "--qlora")])
     add_options(tune.add_argument_group("training"), [Option(TuneConfig, name) for name in (
-        "epochs", "batch_size", "lr", "max_length", "max_samples", "precision", "seed", "save_every")])
+        "epochs", "batch_size", "lr", "max_length", "max_samples", "precision", "seed", "save_every", "loss_per")])
     add_options(tune.add_argument_group("LoRA (alpha = 2 x rank)"), [Option(TuneConfig, "r", "--rank"),
                                                                        Option(TuneConfig, "scope")])
     tune.set_defaults(func=cmd_tune)

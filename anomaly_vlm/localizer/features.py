@@ -227,6 +227,11 @@ class BuiltinFeatures:
 
     @torch.no_grad()
     def extract(self, images: torch.Tensor) -> torch.Tensor:
+        # An image at a time: a batch's per-pixel responses run to hundreds of MB at 518 px, and mapping
+        # and faulting in that much fresh memory costs more than the FFTs themselves.
+        return torch.cat([self._extract(images[i : i + 1]) for i in range(len(images))])
+
+    def _extract(self, images: torch.Tensor) -> torch.Tensor:
         grid = self.grid(tuple(images.shape[-2:]))
         means, spreads = [], []
         # Pooled a scale at a time (bounded memory), in float64: the spread is sqrt(E[x^2] - E[x]^2), which in
