@@ -83,18 +83,19 @@ def build_inspection(image_id: str, anomaly_map: np.ndarray, image_score: float,
     regions = propose(anomaly_map, thresholds.lowest, config, image_size)
     map_height, map_width = np.shape(anomaly_map)
     size = tuple(image_size) if image_size else (map_width, map_height)
-    if image is not None:
+    if image is not None and config.attributes:
         regions = with_attributes(regions, image, anomaly_map, thresholds.lowest, size)
     return Inspection(image_id, float(image_score), thresholds.fail, regions, models, size, image=image,
                       anomaly_map=np.asarray(anomaly_map, dtype=np.float32), review_threshold=thresholds.review,
                       threshold_source=thresholds.source, notes=notes, map_size=(map_width, map_height))
 
 
-def attach_image(inspection: Inspection, image: Image.Image) -> None:
+def attach_image(inspection: Inspection, image: Image.Image, config: ProposalConfig = ProposalConfig()) -> None:
     """Give a batch inspection (which keeps no image) its image back, and its regions their measured look."""
-    lowest = inspection.threshold if inspection.review_threshold is None else inspection.review_threshold
-    inspection.regions = with_attributes(inspection.regions, image, inspection.anomaly_map, lowest,
-                                         inspection.image_size)
+    if config.attributes:
+        lowest = inspection.threshold if inspection.review_threshold is None else inspection.review_threshold
+        inspection.regions = with_attributes(inspection.regions, image, inspection.anomaly_map, lowest,
+                                             inspection.image_size)
     inspection.image = image
 
 

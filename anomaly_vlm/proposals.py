@@ -69,6 +69,9 @@ class ProposalConfig:
     top_k: int = field(default=5, metadata={"help": "keep this many regions, highest peak score first"})
     max_side: int = field(
         default=1024, metadata={"help": "longest side the map is resized to; boxes are scaled to image pixels"})
+    attributes: bool = field(default=True, metadata={
+        "help": "measure each region's look (shape, size, contrast, colour, texture) for the findings, the tables "
+                "and the assistant; off: only where and how strong"})
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_area_fraction <= 1.0:

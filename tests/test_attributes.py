@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from anomaly_vlm.attributes import RegionAttributes, ellipse_mask, measure, size_word
-from anomaly_vlm.inspector import build_inspection
+from anomaly_vlm.inspector import attach_image, build_inspection
+from anomaly_vlm.proposals import ProposalConfig
 from anomaly_vlm.synth.findings import FindingsNoise, simulate_findings
 from anomaly_vlm.synth.ground_truth import ground_truth
 from anomaly_vlm.types import Findings, Inspection, Region
@@ -164,6 +165,13 @@ def test_build_inspection_measures_regions_when_the_image_is_at_hand():
     assert [r.attributes for r in without.regions] == [None]
     assert [r.box for r in without.regions] == [r.box for r in with_image.regions]
     assert "attributes" not in without.to_dict()["regions"][0]
+    unmeasured = build_inspection("blob", _blob_map(), 0.9, Thresholds(0.5), {}, (SIDE, SIDE),
+                                  ProposalConfig(attributes=False), Image.fromarray(image))
+    assert [r.attributes for r in unmeasured.regions] == [None] and region.looks() not in unmeasured.findings.block()
+    attach_image(unmeasured, Image.fromarray(image), ProposalConfig(attributes=False))
+    assert unmeasured.regions[0].attributes is None and unmeasured.image is not None
+    attach_image(unmeasured, Image.fromarray(image))
+    assert unmeasured.regions[0].looks() == region.looks()
 
 
 def test_simulated_findings_carry_attributes_measured_on_the_image():

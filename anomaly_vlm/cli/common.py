@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import AnomalyVLMError, DatasetError
-from .options import (ASSISTANT, LOCALIZER, add_options, assistant_options, configured, generation_settings,
+from .options import (ASSISTANT, LOCALIZER, PROPOSALS, add_options, assistant_options, configured, generation_settings,
                       input_options, scorer_options, verdict_config)
 
 
@@ -37,17 +37,19 @@ def inspector(args: argparse.Namespace, progress: bool = False):
     from ..engine import EngineConfig
     from ..inspector import Inspector, InspectorConfig
     from ..io import ImageLimits
+    from ..proposals import ProposalConfig
     from ..ray_engine import RayConfig
 
     return Inspector(InspectorConfig(scorer=scorer_options(args, progress), verdicts=verdict_config(args),
                                      assistant=assistant_options(args), generation=generation_settings(args),
                                      engine=configured(args, EngineConfig), ray=configured(args, RayConfig),
-                                     limits=configured(args, ImageLimits)))
+                                     limits=configured(args, ImageLimits), proposals=configured(args, ProposalConfig)))
 
 
 def inspecting(parser: argparse.ArgumentParser, max_new_tokens: int | None = None, assistant: bool = True) -> None:
     """The localizer options every inspecting command takes, and the assistant's where one answers."""
     add_options(parser.add_argument_group("localizer"), LOCALIZER)
+    add_options(parser.add_argument_group("regions"), PROPOSALS)
     if assistant:
         add_options(parser.add_argument_group("assistant"), ASSISTANT,
                     **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}))

@@ -22,6 +22,7 @@ from ..localizer.features import BuiltinFeatureConfig
 from ..engine import EngineConfig
 from ..localizer.learned_config import LearnConfig
 from ..localizer.product_prompts import ProductPromptConfig
+from ..proposals import ProposalConfig
 from ..ray_engine import RayConfig
 from ..verdicts import VerdictConfig
 
@@ -173,6 +174,9 @@ LOCALIZER = [Option(ScorerOptions, "mode"), *BACKBONE, Option(ScorerOptions, "pr
              Option(VerdictConfig, "threshold", parse=threshold_value),
              Option(VerdictConfig, "review_threshold", parse=float), Option(VerdictConfig, "false_alarm_rate"),
              Option(VerdictConfig, "review_rate")]
+
+PROPOSALS = [Option(ProposalConfig, "attributes", "--region-attributes")]
+"""What the findings say about each proposed region."""
 
 ENGINE = [Option(EngineConfig, "engine"), Option(RayConfig, "address", "--ray-address"),
           Option(RayConfig, "actors", "--ray-actors"), Option(RayConfig, "gpus_per_actor", "--ray-gpus")]

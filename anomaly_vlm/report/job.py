@@ -86,7 +86,7 @@ def run_report_job(inspector: Inspector, job: ReportJob, references: list[Image.
     seen = list({id(e): e for e in explained + shown}.values())
     for entry in seen:    # measured looks where a reader sees them; images kept until the figures are drawn
         if (image := load_picture(entry)) is not None:
-            attach_image(entry.inspection, image)
+            attach_image(entry.inspection, image, inspector.config.proposals)
             if id(entry) in explain_ids:
                 entry.explanation, entry.flags = inspector.explain(entry.inspection)
     assistant = inspector.assistant.describe() if job.explain and flagged else None
