@@ -8,7 +8,7 @@ from typing import Any
 
 from .attributes import RegionAttributes
 from .files import safe_stem
-from .vocabulary import Verdict
+from .vocabulary import Verdict, score_text
 
 
 @dataclass(frozen=True)
@@ -117,11 +117,11 @@ class Findings:
                    data.get("review_threshold"), data.get("notes"))
 
     def _score_line(self) -> str:
-        score = f"image anomaly score: {self.image_score:.2f}"
+        score = f"image anomaly score: {score_text(self.image_score)}"
         if self.verdict == "review":
-            return (f"{score} (between the review threshold {self.review_threshold:.2f} and the fail threshold "
-                    f"{self.threshold:.2f}: uncertain, for a person to review)")
-        return f"{score} ({'above' if self.anomalous else 'below'} the threshold {self.threshold:.2f})"
+            return (f"{score} (between the review threshold {score_text(self.review_threshold)} and the fail threshold "
+                    f"{score_text(self.threshold)}: uncertain, for a person to review)")
+        return f"{score} ({'above' if self.anomalous else 'below'} the threshold {score_text(self.threshold)})"
 
     def block(self) -> str:
         """The findings as a delimited text block: data for the assistant to read, not instructions."""

@@ -29,7 +29,7 @@ from .templates import load_yaml
 from .types import Inspection
 from .verdicts import count_verdicts, describe_thresholds
 from .visualize import annotate
-from .vocabulary import REGION_COLUMNS, VERDICT_MEANINGS, VERDICT_WORDS, region_row
+from .vocabulary import REGION_COLUMNS, VERDICT_MEANINGS, VERDICT_WORDS, region_row, score_text
 
 FINDINGS_HEADERS = [load_yaml("report.yaml")["columns"][key] for key in REGION_COLUMNS]
 NO_PRODUCT = "(none)"
@@ -96,7 +96,7 @@ def verdict_markdown(inspection: Inspection, notices: list[str] = ()) -> str:
     word = f"**{VERDICT_WORDS[inspection.verdict]}: {VERDICT_MEANINGS[inspection.verdict]}**"
     thresholds = {"fail": inspection.threshold, "review": inspection.review_threshold,
                   "source": inspection.threshold_source}
-    lines = [f"### {word}", f"Anomaly score **{inspection.image_score:.2f}** · {len(inspection.regions)} region(s)",
+    lines = [f"### {word}", f"Anomaly score **{score_text(inspection.image_score)}** · {len(inspection.regions)} region(s)",
              f"Thresholds: {describe_thresholds(thresholds)}",
              f"Localizer: {describe_models(inspection.models)}"]
     return "\n\n".join(lines + [f"> {n.splitlines()[-1]}" for n in notices])

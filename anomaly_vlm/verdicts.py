@@ -19,7 +19,7 @@ from scipy import stats
 from .localizer import fuse
 from .metrics import f1_max
 from .types import verdict_of
-from .vocabulary import Verdict
+from .vocabulary import Verdict, score_text
 
 ThresholdSource = Literal["fixed", "product", "references", "labels", "default"]
 
@@ -158,9 +158,9 @@ def held_out_scores(scorer, references: list[Image.Image]) -> np.ndarray:
 
 def describe_thresholds(thresholds: dict) -> str:
     """One line for people: the thresholds and how they were chosen."""
-    review = f", REVIEW from {thresholds['review']:.2f}" if thresholds.get("review") is not None else ", no REVIEW band"
+    review = f", REVIEW from {score_text(thresholds['review'])}" if thresholds.get("review") is not None else ", no REVIEW band"
     detail = f": {thresholds['detail']}" if thresholds.get("detail") else ""
-    return f"FAIL at {thresholds['fail']:.2f}{review} ({thresholds['source']}{detail})"
+    return f"FAIL at {score_text(thresholds['fail'])}{review} ({thresholds['source']}{detail})"
 
 
 def count_verdicts(verdicts: list[Verdict]) -> dict[str, int]:

@@ -55,3 +55,17 @@ def region_row(number: int, region: dict) -> dict[str, str]:
             "size": f"{100 * region['area_fraction']:.2f}", "peak": f"{region['peak_score']:.2f}",
             "mean": f"{region['mean_score']:.2f}",
             "looks": RegionAttributes.from_dict(attributes).describe(short=True) if attributes else "-"}
+
+
+def score_text(value: float) -> str:
+    """A score as people read it: two decimals, up to four where two would round it to 0 or 1.
+
+    Good parts of a product whose scores saturate calibrate to thresholds like 0.9994,
+    which at two decimals read "FAIL at 1.00" and hide what decides the verdict.
+    """
+    value = float(value)
+    for digits in (2, 3, 4):
+        text = f"{value:.{digits}f}"
+        if not 0.0 < value < 1.0 or float(text) not in (0.0, 1.0):
+            return text
+    return text

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from anomaly_vlm.verdicts import (Thresholds, VerdictConfig, default_thresholds, fixed_thresholds, from_good_scores,
-                                  from_labels, prediction_bound)
+from anomaly_vlm.types import Findings
+from anomaly_vlm.verdicts import (Thresholds, VerdictConfig, default_thresholds, describe_thresholds, fixed_thresholds,
+                                  from_good_scores, from_labels, prediction_bound)
+from anomaly_vlm.vocabulary import score_text
 
 
 def _f1(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:
@@ -74,3 +76,12 @@ def test_default_and_fixed_thresholds():
     fixed = fixed_thresholds(VerdictConfig(threshold=0.7))
     assert (fixed.fail, fixed.review, fixed.source) == (0.7, None, "fixed")
     assert fixed_thresholds(VerdictConfig(threshold=0.7, review_threshold=0.6)).review == 0.6
+
+
+def test_saturated_scores_and_thresholds_read_with_the_digits_that_decide_them():
+    assert [score_text(v) for v in (0.5, 0.25, 1.0, 0.0, 0.9994, 0.99996, 0.0004, 0.996)] == \
+        ["0.50", "0.25", "1.00", "0.00", "0.999", "1.0000", "0.0004", "0.996"]
+    line = describe_thresholds({"fail": 0.99941, "review": 0.9981, "source": "product"})
+    assert line.startswith("FAIL at 0.999, REVIEW from 0.998 (product")
+    findings = Findings(0.99972, 0.99941, review_threshold=0.9981)
+    assert "image anomaly score: 0.9997 (above the threshold 0.999)" in findings.block()

@@ -32,11 +32,11 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def print_inspection(inspection) -> None:
     from ..localizer import describe_models
-    from ..vocabulary import VERDICT_MEANINGS, VERDICT_WORDS, region_row
+    from ..vocabulary import VERDICT_MEANINGS, VERDICT_WORDS, region_row, score_text
 
-    review = f", REVIEW from {inspection.review_threshold:.2f}" if inspection.review_threshold is not None else ""
+    review = f", REVIEW from {score_text(inspection.review_threshold)}" if inspection.review_threshold is not None else ""
     print(f"verdict: {VERDICT_WORDS[inspection.verdict]}: {VERDICT_MEANINGS[inspection.verdict]} "
-          f"(score {inspection.image_score:.2f}; FAIL at {inspection.threshold:.2f}{review}, "
+          f"(score {score_text(inspection.image_score)}; FAIL at {score_text(inspection.threshold)}{review}, "
           f"{inspection.threshold_source} thresholds)")
     for i, region in enumerate(inspection.regions, 1):
         row = region_row(i, region.to_dict())
