@@ -26,7 +26,7 @@ from .assistant_models import tiny_text_model
 
 REPO = DEFAULT_ADAPTER.parents[2]
 
-_OPTION = re.compile(r"^([A-Z])\. (.*)$")
+_OPTION = re.compile(r"^- (.*) \(([A-Z])\)$")
 
 
 # ---------------------------------------------------------------- which adapter loads
@@ -104,7 +104,7 @@ def test_an_adapter_without_adapter_json_is_named_by_its_folder(tmp_path):
 
 def _parse(text: str) -> tuple[str, dict[str, str]]:
     question = re.search(r"^Question: (.*)$", text, re.M).group(1)
-    options = dict(m.groups() for m in map(_OPTION.match, text.splitlines()) if m)
+    options = {m.group(2): m.group(1) for m in map(_OPTION.match, text.splitlines()) if m}
     return question, options
 
 
@@ -119,7 +119,7 @@ def _mmad_turns(record_messages: list[dict], intents: list[str]):
 def _check_turn(intent: str, text: str, answer: str, findings: Findings, prompts: dict) -> None:
     question, options = _parse(text)
     letter = parse_letter(answer, options)
-    assert letter is not None and re.fullmatch(r"[A-Z](\. .+)?", answer), answer
+    assert letter is not None and re.fullmatch(r".+ \([A-Z]\)", answer), answer
     assert len(set(options.values())) == len(options) >= 2
     # exactly the prompt eval-mmad builds (prompts/mmad.yaml), for some template count
     phrased = [phrase_question(MMADQuestion(question, options, letter, "?"), prompts, n) for n in range(6)]

@@ -145,7 +145,8 @@ def test_letter_parsing(answer, options, letter):
 def test_each_question_is_phrased_with_its_options_and_asks_for_the_letter():
     text = phrase_question(MMADQuestion("What is it?", {"A": "x", "B": "y"}, "A", "Object Classification"),
                            load_phrasing(), shots=1)
-    assert "Question: What is it?\nA. x\nB. y" in text and "letter" in text and "1 normal template" in text
+    assert "Question: What is it?\n- x (A)\n- y (B)" in text and "letter" in text and "1 normal template" in text
+    assert parse_letter("y (B)", {"A": "x", "B": "y"}) == "B"  # an answer in the asked form reads as its letter
 
 
 # ---------------------------------------------------------------- scoring
@@ -210,7 +211,7 @@ def test_eval_mmad_end_to_end_with_a_scripted_assistant(dataset_root, tmp_path, 
     assert {"image", "question", "type", "options", "raw_answer", "letter", "correct_answer", "correct"} <= set(rows[0])
     assert all(r["letter"] == "A" and r["correct"] == (r["correct_answer"] == "A") for r in rows)
     findings, _, question = assistant.asked[0].partition("</findings>")
-    assert findings.startswith("<findings>") and "Question: " in question and "A. " in question
+    assert findings.startswith("<findings>") and "Question: " in question and " (A)\n" in question
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("per_type", "average", "detection_balanced_accuracy", "false_alarm_rate", "miss_rate", "counts",
                 "chance"):

@@ -87,7 +87,8 @@ def simulate_findings(truth: GroundTruth, size: tuple[int, int], rng: np.random.
     else:
         score = rng.uniform(0.1, 0.9) * 0.5
     threshold, review = _thresholds(rng, noise)
-    return Findings(float(_on_scale(score, threshold)), threshold, regions, review)
+    # rounded as Findings.to_dict rounds it, so the block a record rebuilds is the block the model read
+    return Findings(round(float(_on_scale(score, threshold)), 4), threshold, regions, review)
 
 
 def _thresholds(rng: np.random.Generator, noise: FindingsNoise) -> tuple[float, float | None]:
