@@ -165,9 +165,8 @@ def answer_weights(targets, per: str = "answer"):
         return answer.float() / answer.sum().clamp_min(1)
     before = torch.nn.functional.pad(answer[:, :-1], (1, 0), value=False)
     run = torch.cumsum((answer & ~before).flatten().long(), 0).view_as(answer) * answer  # 1, 2, ... per answer
-    lengths = torch.bincount(run.flatten(), minlength=int(run.max()) + 1).float()
-    runs = max(int(run.max()), 1)
-    return torch.where(answer, 1.0 / (lengths[run] * runs), torch.zeros((), dtype=torch.float32))
+    lengths = torch.bincount(run.flatten()).float()  # lengths[k]: tokens of answer k
+    return torch.where(answer, 1.0 / (lengths[run] * max(len(lengths) - 1, 1)), torch.zeros(()))
 
 
 def answer_loss(model, batch: dict, per: str = "answer"):

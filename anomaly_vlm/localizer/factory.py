@@ -12,7 +12,7 @@ from ..clip import BackboneConfig, ClipBackbone, load_backbone
 from ..errors import AnomalyVLMError, WeightsNotFoundError
 from .checkpoint import load_prompts, read_checkpoint
 from .config import ImageScore, LocalizerConfig, PromptConfig
-from .features import BuiltinFeatureConfig, build_feature_source
+from .features import BuiltinFeatureConfig, BuiltinFeatures, build_feature_source
 from .fusion import FusedScorer, FusionConfig
 from .model import Localizer
 from .mutual import MutualConfig, MutualScorer
@@ -190,11 +190,9 @@ def _backbone_config(options: ScorerOptions) -> BackboneConfig:
     return BackboneConfig(**{k: v for k, v in options.backbone.items() if v is not None})
 
 
-def builtin_source(options: ScorerOptions):
-    """The built-in features at the options' resolution and grid, keeping the aspect as the options say."""
-    config = options.builtin
-    return build_feature_source("builtin", image_size=config.image_size, grid_size=config.grid_size,
-                                keep_aspect=options.features_keep_aspect)
+def builtin_source(options: ScorerOptions) -> BuiltinFeatures:
+    """The built-in features as `options.builtin` configures them, keeping the aspect as the options say."""
+    return BuiltinFeatures(replace(options.builtin, keep_aspect=options.features_keep_aspect))
 
 
 def _feature_source(options: ScorerOptions, backbone: ClipBackbone | None):
