@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--content", choices=["object", "texture"], default=None,
                         help="texture: defects anywhere, the textures recipe mix; object (default): on the "
                              "estimated part, the objects recipe mix")
+    parser.add_argument("--recipe", type=Path, default=None,
+                        help="a product recipe (data_recipes/) whose simulator mix the training draws")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--crop", type=int, default=None)
@@ -52,18 +54,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     from anomaly_vlm.io import load_image, load_mask, read_category
     from anomaly_vlm.localizer.learned import learn_product
-    from anomaly_vlm.localizer.learned_config import OBJECT_MIX, TEXTURE_MIX, LearnConfig
+    from anomaly_vlm.localizer.learned_config import LearnConfig, with_recipe
+    from anomaly_vlm.synth.recipe import load_recipe
     from anomaly_vlm.metrics import auroc, pixel_metrics
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    content = args.content or "object"
-    config = LearnConfig(image_size=args.image_size, content=content,
-                         simulators=dict(TEXTURE_MIX if content == "texture" else OBJECT_MIX))
+    config = LearnConfig(image_size=args.image_size, content=args.content or "object")
+    if args.recipe is not None:
+        config = with_recipe(config, load_recipe(args.recipe, source_path=args.data))
     for name, value in (("steps", args.steps), ("batch_size", args.batch), ("crop", args.crop), ("width", args.width),
                         ("lr", args.lr), ("holdout", args.holdout), ("seed", args.seed), ("features", args.features)):
         if value is not None:
             setattr(config, name, value)
+    if args.content is not None:
+        config.content = args.content
 
     train = read_category(args.data, "train")
     good = [load_image(s.path) for s in train if s.label == 0]

@@ -135,3 +135,15 @@ def test_synthetic_defect_scores_above_clean(learned):
     clean_scores = scorer.score(clean).image_score
     defect_scores = scorer.score(defective).image_score
     assert np.median(defect_scores) > clean_scores.max()
+
+
+def test_the_default_mix_is_the_contents_recipe_and_a_product_recipe_replaces_it():
+    from anomaly_vlm.localizer.learned_config import OBJECT_MIX, with_recipe
+    from anomaly_vlm.synth.recipe import load_recipe
+
+    from .conftest import RECIPES
+
+    assert LearnConfig().simulators == OBJECT_MIX and LearnConfig(content="texture").simulators == TEXTURE_MIX
+    recipe = load_recipe(RECIPES / "textures.yaml", source_path=".")
+    assert with_recipe(LearnConfig(), recipe).simulators == TEXTURE_MIX
+    assert with_recipe(LearnConfig(), recipe).content == "texture"

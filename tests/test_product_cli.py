@@ -101,3 +101,17 @@ def test_product_learn_fuses_its_own_localizer_and_calibrates_on_held_out_images
     assert [p["mode"] for p in results["models"]["parts"]] == ["reference", "learned"]
     assert results["thresholds"] == profile.thresholds["builtin+learned"]
     assert all(r["modes"] == ["reference", "learned"] for r in results["images"])
+
+
+def test_product_learn_draws_the_product_recipes_defects(home, dataset_root, tmp_path):
+    recipe = tmp_path / "thin_cracks.yaml"
+    recipe.write_text("name: widget\nsource: {content: texture}\ndefects_per_image: [1, 1]\n"
+                      "simulators:\n  crack: {weight: 3, config: {length: [0.3, 0.6]}}\n  scratch: {weight: 1}\n")
+    assert main(["product", "add", "widget", "--good", str(dataset_root / "widget" / "train"), "--features",
+                 "builtin"]) == 0
+    assert main(["product", "learn", "widget", "--learn-steps", "4", "--learn-image-size", "64", "--learn-holdout", "2",
+                 "--learn-recipe", str(recipe)]) == 0
+    learned = json.loads((ProductStore().load("widget").folder / "learned" / "learned.json").read_text())
+    assert learned["config"]["simulators"] == {"crack": 3.0, "scratch": 1.0}
+    assert learned["config"]["simulator_options"] == {"crack": {"length": [0.3, 0.6]}}
+    assert learned["config"]["content"] == "texture" and learned["config"]["defects_per_image"] == [1, 1]

@@ -36,13 +36,19 @@ def cmd_product_add(args: argparse.Namespace) -> int:
 
 
 def learn(args: argparse.Namespace, store) -> None:
-    from ..localizer.learned_config import LearnConfig
+    from ..localizer.learned_config import LearnConfig, with_recipe
     from ..localizer.product_prompts import ProductPromptConfig
     from ..product_fitting import learn_product_profile
     from ..products import LEARNED_KEY, PROMPTS_KEY
     from ..verdicts import describe_thresholds
 
-    profile = learn_product_profile(store, args.name, configured(args, LearnConfig), verdict_config(args),
+    config = configured(args, LearnConfig)
+    if args.learn_recipe is not None:
+        from ..synth.recipe import load_recipe
+
+        good = store.load(args.name).good
+        config = with_recipe(config, load_recipe(args.learn_recipe, source_path=Path(good[0]).parent))
+    profile = learn_product_profile(store, args.name, config, verdict_config(args),
                                     options=scorer_options(args, False), prompt_config=configured(args, ProductPromptConfig))
     print(f"learned localizer for {profile.name}: {profile.learned['model']}, working size "
           f"{'x'.join(map(str, profile.learned['working_size']))}")
@@ -50,6 +56,14 @@ def learn(args: argparse.Namespace, store) -> None:
     if profile.prompts:
         print(f"learned prompts for {profile.name}: {profile.prompts['prompts']}")
         print(f"  fused with CLIP reference scoring: {describe_thresholds(profile.thresholds[PROMPTS_KEY])}")
+
+
+def add_learning(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("learning")
+    add_options(group, LEARNING)
+    group.add_argument("--learn-recipe", type=Path, default=None, metavar="FILE",
+                       help="a synth recipe (data_recipes/) whose simulators, options and defect count the training "
+                            "draws; default: the mix of --learn-content")
 
 
 def cmd_product_learn(args: argparse.Namespace) -> int:
@@ -103,13 +117,13 @@ def add_parsers(commands) -> None:
     add.add_argument("--replace", action="store_true", help="overwrite a product of that name")
     add.add_argument("--learn", action="store_true", help="also train the product's own localizer (see `product learn`)")
     add_options(add.add_argument_group("localizer"), [o for o in LOCALIZER if o.config is not InputOptions])
-    add_options(add.add_argument_group("learning"), LEARNING)
+    add_learning(add)
     add.set_defaults(func=cmd_product_add)
 
     learning = actions.add_parser("learn", help="train a saved product's own localizer on its good images, with "
                                                 "simulated defects; resumes after a kill")
     learning.add_argument("name")
-    add_options(learning.add_argument_group("learning"), LEARNING)
+    add_learning(learning)
     add_options(learning.add_argument_group("CLIP (prompts are learned too where its weights load)"), PROMPT_SOURCE)
     add_options(learning.add_argument_group("verdicts"), [o for o in LOCALIZER if o.config is VerdictConfig])
     learning.set_defaults(func=cmd_product_learn)

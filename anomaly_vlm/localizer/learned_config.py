@@ -9,9 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..configs import from_dict
+
+if TYPE_CHECKING:
+    from ..synth.recipe import Recipe
 
 TEXTURE_MIX: dict[str, float] = {
     "perlin": 2.0, "cutpaste": 1.0, "scar": 1.0, "nsa": 1.0, "scratch": 1.5, "crack": 1.0,
@@ -40,7 +43,8 @@ class LearnConfig:
     levels: int = field(default=4, metadata={"help": "U-Net levels (levels - 1 poolings)"})
     features: bool = field(default=True, metadata={"help": "feed the built-in filter-bank responses beside the pixels"})
     content: Literal["object", "texture"] = field(default="object", metadata={"help": "object: defects on the estimated part only; texture: anywhere"})
-    simulators: dict[str, float] = field(default_factory=lambda: dict(OBJECT_MIX), metadata={"help": "simulator name -> weight"})
+    simulators: dict[str, float] | None = field(default=None, metadata={
+        "help": "simulator name -> weight; default: the recipe mix of `content` (objects.yaml or textures.yaml)"})
     simulator_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "simulator name -> config overrides"})
     anomaly_ratio: float = field(default=0.5, metadata={"help": "share of training crops given defects"})
     defects_per_image: tuple[int, int] = field(default=(1, 2), metadata={"help": "defects per anomalous crop, inclusive range"})
@@ -54,9 +58,28 @@ class LearnConfig:
     checkpoint_every: int = field(default=100, metadata={"help": "steps between resumable checkpoints"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads; 0 leaves torch's default"})
 
+    def __post_init__(self) -> None:
+        if self.simulators is None:
+            self.simulators = dict(TEXTURE_MIX if self.content == "texture" else OBJECT_MIX)
+
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
     def from_dict(cls, values: dict) -> LearnConfig:
         return from_dict(cls, values, "learn config")
+
+
+def with_recipe(config: LearnConfig, recipe: Recipe) -> LearnConfig:
+    """`config` drawing a product recipe's defects: its simulators, their options, its defect count and content.
+
+    A product recipe is how a user who knows what goes wrong on a line (thin cracks
+    on a commutator, say) says so; without one the content's recipe mix is used.
+    """
+    return dataclasses.replace(
+        config,
+        content=recipe.source.content,
+        simulators={name: float(choice.weight) for name, choice in recipe.simulators.items()},
+        simulator_options={name: dict(choice.config) for name, choice in recipe.simulators.items() if choice.config},
+        defects_per_image=tuple(recipe.defects_per_image),
+    )
