@@ -110,8 +110,9 @@ def test_product_learn_draws_the_product_recipes_defects(home, dataset_root, tmp
     assert main(["product", "add", "widget", "--good", str(dataset_root / "widget" / "train"), "--features",
                  "builtin"]) == 0
     assert main(["product", "learn", "widget", "--learn-steps", "4", "--learn-image-size", "64", "--learn-holdout", "2",
-                 "--learn-recipe", str(recipe)]) == 0
+                 "--learn-recipe", str(recipe), "--learn-content", "object"]) == 0
     learned = json.loads((ProductStore().load("widget").folder / "learned" / "learned.json").read_text())
     assert learned["config"]["simulators"] == {"crack": 3.0, "scratch": 1.0}
     assert learned["config"]["simulator_options"] == {"crack": {"length": [0.3, 0.6]}}
-    assert learned["config"]["content"] == "texture" and learned["config"]["defects_per_image"] == [1, 1]
+    assert learned["config"]["defects_per_image"] == [1, 1]
+    assert learned["config"]["content"] == "object", "a flag given on the command line wins over the recipe"

@@ -43,11 +43,12 @@ def learn(args: argparse.Namespace, store) -> None:
     from ..verdicts import describe_thresholds
 
     config = configured(args, LearnConfig)
-    if args.learn_recipe is not None:
+    if args.learn_recipe is not None:  # the recipe's mix, with the flags given still winning
         from ..synth.recipe import load_recipe
 
         good = store.load(args.name).good
-        config = with_recipe(config, load_recipe(args.learn_recipe, source_path=Path(good[0]).parent))
+        recipe = load_recipe(args.learn_recipe, source_path=Path(good[0]).parent)
+        config = configured(args, LearnConfig, base=with_recipe(config, recipe))
     profile = learn_product_profile(store, args.name, config, verdict_config(args),
                                     options=scorer_options(args, False), prompt_config=configured(args, ProductPromptConfig))
     print(f"learned localizer for {profile.name}: {profile.learned['model']}, working size "
