@@ -64,11 +64,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.recipe is not None:
         config = with_recipe(config, load_recipe(args.recipe, source_path=args.data))
     for name, value in (("steps", args.steps), ("batch_size", args.batch), ("crop", args.crop), ("width", args.width),
-                        ("lr", args.lr), ("holdout", args.holdout), ("seed", args.seed), ("features", args.features)):
+                        ("lr", args.lr), ("holdout", args.holdout), ("seed", args.seed), ("features", args.features),
+                        ("content", args.content)):
         if value is not None:
             setattr(config, name, value)
-    if args.content is not None:
-        config.content = args.content
 
     train = read_category(args.data, "train")
     good = [load_image(s.path) for s in train if s.label == 0]

@@ -42,13 +42,14 @@ def learn(args: argparse.Namespace, store) -> None:
     from ..products import LEARNED_KEY, PROMPTS_KEY
     from ..verdicts import describe_thresholds
 
-    config = configured(args, LearnConfig)
-    if args.learn_recipe is not None:  # the recipe's mix, with the flags given still winning
+    base = None
+    if args.learn_recipe is not None:  # the recipe's mix; the flags given still win
         from ..synth.recipe import load_recipe
 
-        good = store.load(args.name).good
-        recipe = load_recipe(args.learn_recipe, source_path=Path(good[0]).parent)
-        config = configured(args, LearnConfig, base=with_recipe(config, recipe))
+        # the product's own images are the recipe's source (a folder recipe must name one)
+        recipe = load_recipe(args.learn_recipe, source_path=Path(store.load(args.name).good[0]).parent)
+        base = with_recipe(LearnConfig(), recipe)
+    config = configured(args, LearnConfig, base=base)
     profile = learn_product_profile(store, args.name, config, verdict_config(args),
                                     options=scorer_options(args, False), prompt_config=configured(args, ProductPromptConfig))
     print(f"learned localizer for {profile.name}: {profile.learned['model']}, working size "
