@@ -22,7 +22,7 @@ from .digests import images_digest
 from .engine import Engine, EngineConfig, EngineRun, ScoredImage
 from .files import sweep_temporaries
 from .io import ImageLimits, collect_samples, load_image
-from .localizer import AnomalyScorer, FusedScorer, ScorerOptions, build_localizer, build_scorer
+from .localizer import AnomalyScorer, FusedScorer, FusionConfig, ScorerOptions, build_localizer, build_scorer
 from .localizer.factory import product_source
 from .localizer.learned import LearnedScorer
 from .products import LEARNED_KEY, PROMPTS_KEY, ProductProfile, ProductStore
@@ -168,15 +168,19 @@ class Inspector:
         scorer = self.products.scorer(name, source, progress=False)
         key = scorer.describe().get("features", source.name)
         if profile.learned_folder is not None and source.name == "builtin":
-            scorer = FusedScorer([scorer, LearnedScorer.load(profile.learned_folder)], self.config.scorer.fusion)
             key = LEARNED_KEY
+            scorer = FusedScorer([scorer, LearnedScorer.load(profile.learned_folder)], self._fusion(profile, key))
         elif profile.prompts_folder is not None and source.name == "clip":
             prompts = build_localizer(profile.prompts_folder, "prompt", self.config.scorer.backbone)
             prompts.batch_size = self.config.scorer.batch_size
-            scorer = FusedScorer([prompts, scorer], self.config.scorer.fusion)
             key = PROMPTS_KEY
+            scorer = FusedScorer([prompts, scorer], self._fusion(profile, key))
         stored = profile.thresholds.get(key)
         return _Fitted(scorer, profile=profile, stored=Thresholds.from_dict(stored) if stored else None)
+
+    def _fusion(self, profile: ProductProfile, key: str) -> FusionConfig:
+        """The user's fusion weights, on the good-part scales the product's thresholds were calibrated on."""
+        return replace(self.config.scorer.fusion, scales=profile.scales(key))
 
     def _remember(self, key: str, fitted: _Fitted) -> None:
         self._fitted[key] = fitted

@@ -114,10 +114,10 @@ def learn_product_profile(store: ProductStore, name: str, config=None, verdicts=
         raise ProductError(f"product {name!r}: learning needs at least 2 held-out good images to calibrate on "
                            f"(it has {len(profile.good)} good images; hold out more or add images)")
     source = builtin_source(options)  # the store rebuilds it at the bank's own resolution and grid
-    thresholds = _held_out_thresholds(store.scorer(name, source, progress=False), "learned", learned, good, held,
-                                      verdicts)
+    thresholds, scales = _held_out_thresholds(store.scorer(name, source, progress=False), "learned", learned, good,
+                                              held, verdicts)
     profile = store.attach(name, LEARNED_DIR, store.training_folder(name), learned.describe(), LEARNED_KEY,
-                           thresholds.to_dict())
+                           thresholds.to_dict(), scales)
     if "clip" in profile.features:
         profile = _learn_prompts(store, profile, good, held, options, config, prompt_config, verdicts, progress)
     return profile
@@ -139,22 +139,27 @@ def _learn_prompts(store: ProductStore, profile: ProductProfile, good: list, hel
     checkpoint = learn_product_prompts(localizer, train, folder, meta, config, prompt_config or ProductPromptConfig(),
                                        progress)
     source = build_feature_source("clip", backbone=localizer.backbone, keep_aspect=options.features_keep_aspect)
-    thresholds = _held_out_thresholds(store.scorer(profile.name, source, progress=False), "prompt", localizer, good,
-                                      held, verdicts, "learned prompts")
+    thresholds, scales = _held_out_thresholds(store.scorer(profile.name, source, progress=False), "prompt", localizer,
+                                              good, held, verdicts, "learned prompts")
     return store.attach(profile.name, PROMPTS_DIR, checkpoint, localizer.describe(), PROMPTS_KEY, thresholds.to_dict(),
-                        cleanup=folder)
+                        scales, cleanup=folder)
 
 
 def _held_out_thresholds(reference, mode: str, learned, good: list, held: list[int], verdicts, named: str = "learned"):
-    """Thresholds of the product's reference bank fused with what was learned on it, from the held-out good images.
+    """Thresholds of the product's reference bank fused with what was learned on it, and the scales fused on.
 
-    The reference part scores them held out of its bank (leave-one-out), the learned
-    part as images it never trained on.
+    Each part is put on the scale of its own good parts' scores (`ModeScale`): the
+    reference part by every good image's leave-one-out score, the learned part by the
+    held-out images it never trained on. The thresholds come from the held-out good
+    images fused on those scales: the reference part scores them held out of its
+    bank, the learned part as images it never trained on.
     """
-    from .localizer import DEFAULT_WEIGHTS, fuse
+    from .localizer import DEFAULT_WEIGHTS, ModeScale, fuse
     from .verdicts import from_good_scores
 
-    fused = fuse({"reference": reference.leave_one_out().take(held),
-                  mode: learned.score([good[i] for i in held])}, DEFAULT_WEIGHTS)
-    what = f"{len(held)} good images held out of training, reference + {named} fused"
-    return from_good_scores(fused.image_score, verdicts, "product", what)
+    every = reference.leave_one_out()
+    unseen = learned.score([good[i] for i in held])
+    scales = {"reference": ModeScale.of(every.image_score), mode: ModeScale.of(unseen.image_score)}
+    fused = fuse({"reference": every.take(held), mode: unseen}, DEFAULT_WEIGHTS, scales)
+    what = f"{len(held)} good images held out of training, reference + {named} fused on their good parts' scales"
+    return from_good_scores(fused.image_score, verdicts, "product", what), scales

@@ -28,6 +28,7 @@ from .errors import CheckpointError, ProductError
 from .files import FILE_MODE, write_json
 from .localizer.checkpoint import CONFIG_FILE as PROMPTS_CONFIG, WEIGHTS_FILE as PROMPTS_WEIGHTS
 from .localizer.features import BuiltinFeatures, FeatureSource
+from .localizer.fusion import ModeScale
 from .localizer.learned_scorer import CONFIG_FILE as LEARNED_CONFIG, WEIGHTS_FILE as LEARNED_WEIGHTS
 from .localizer.reference import ReferenceScorer
 
@@ -83,6 +84,12 @@ class ProductProfile:
     format_version: int = FORMAT_VERSION
     learned: dict | None = None  # the learned localizer's describe(), when the product was learned
     prompts: dict | None = None  # the prompt localizer's describe(), when prompts were learned on the product
+    fusion: dict | None = None  # thresholds key -> mode -> ModeScale dict: the scales its fused parts are put on
+
+    def scales(self, key: str) -> dict[str, ModeScale] | None:
+        """The good-part scales the fused scorer under thresholds key `key` was calibrated on (None: plain mean)."""
+        stored = (self.fusion or {}).get(key)
+        return {mode: ModeScale(**scale) for mode, scale in stored.items()} if stored else None
 
     def to_dict(self) -> dict:
         return {**asdict(self), "folder": str(self.folder)}
@@ -237,8 +244,10 @@ class ProductStore:
         return self.root / f".{check_name(name)}.{'learning' if part == LEARNED_DIR else part}"
 
     def attach(self, name: str, part: str, trained: Path, describe: dict, key: str, thresholds: dict,
-               cleanup: Path | None = None) -> ProductProfile:
+               scales: dict[str, ModeScale], cleanup: Path | None = None) -> ProductProfile:
         """Move a trained model (`part`: LEARNED_DIR or PROMPTS_DIR) into the product with its thresholds under `key`.
+
+        `scales` are the fused parts' good-part scales the thresholds were calibrated on.
 
         The files are staged beside the product and renamed in, and the profile is
         rewritten atomically; `cleanup` (the training folder) goes last.
@@ -254,6 +263,7 @@ class ProductStore:
         os.rename(staging, target)
         setattr(profile, "learned" if part == LEARNED_DIR else "prompts", describe)
         profile.thresholds = {**profile.thresholds, key: thresholds}
+        profile.fusion = {**(profile.fusion or {}), key: {mode: scale.to_dict() for mode, scale in scales.items()}}
         write_json(profile.folder / PROFILE_FILE, profile.to_dict())
         shutil.rmtree(cleanup or trained, ignore_errors=True)
         return profile

@@ -17,13 +17,12 @@ from PIL import Image
 from scipy import stats
 
 from .localizer import fuse
+from .localizer.scorer import logit
 from .metrics import f1_max
 from .types import verdict_of
 from .vocabulary import Verdict, score_text
 
 ThresholdSource = Literal["fixed", "product", "references", "labels", "default"]
-
-_EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -81,11 +80,6 @@ class VerdictConfig:
                              f"{self.false_alarm_rate} and {self.review_rate}")
 
 
-def _logit(scores: np.ndarray) -> np.ndarray:
-    clipped = np.clip(np.asarray(scores, dtype=np.float64), _EPS, 1 - _EPS)
-    return np.log(clipped / (1 - clipped))
-
-
 def _sigmoid(value: float) -> float:
     return float(1.0 / (1.0 + np.exp(-value)))
 
@@ -97,7 +91,7 @@ def prediction_bound(scores: np.ndarray, rate: float) -> float:
     Student-t prediction interval, which widens honestly when only a few parts were
     seen (8 references give a wider bound than 80).
     """
-    logits = _logit(scores)
+    logits = logit(scores)
     n = len(logits)
     if n < 2:
         raise ValueError("a prediction bound needs the scores of at least 2 good parts")

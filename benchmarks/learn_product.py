@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     from anomaly_vlm.localizer.learned_config import LearnConfig, with_recipe
     from anomaly_vlm.synth.recipe import load_recipe
     from anomaly_vlm.metrics import auroc, pixel_metrics
+    from anomaly_vlm.verdicts import prediction_bound
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     prediction = scorer.score([load_image(s.path) for s in test])
     score_seconds = time.perf_counter() - start
     labels = np.array([s.label for s in test])
-    threshold = scorer.threshold(args.false_alarm)
+    threshold = prediction_bound(scorer.holdout_scores, args.false_alarm)
     good_scores = prediction.image_score[labels == 0]
     figures = {
         "data": str(args.data),

@@ -2,12 +2,14 @@
 
 import json
 
+import numpy as np
 import pytest
 
 import anomaly_vlm
 from anomaly_vlm.cli import main
 from anomaly_vlm.inspector import Inspector, InspectorConfig
 from anomaly_vlm.localizer import ScorerOptions
+from anomaly_vlm.localizer.scorer import logit
 from anomaly_vlm.products import ProductStore
 
 
@@ -101,6 +103,13 @@ def test_product_learn_fuses_its_own_localizer_and_calibrates_on_held_out_images
     assert [p["mode"] for p in results["models"]["parts"]] == ["reference", "learned"]
     assert results["thresholds"] == profile.thresholds["builtin+learned"]
     assert all(r["modes"] == ["reference", "learned"] for r in results["images"])
+    # fused on the good-part scales calibrated with it: every good image for the bank, the 2 held out for the model
+    scales = profile.fusion["builtin+learned"]
+    assert scales["reference"]["count"] == len(profile.good) and scales["learned"]["count"] == 2
+    assert results["models"]["scales"] == scales
+    for row in results["images"]:
+        standard = [(logit(row[f"{mode}_score"]) - scales[mode]["mean"]) / scales[mode]["std"] for mode in scales]
+        assert row["score"] == pytest.approx(1 / (1 + np.exp(-(np.mean(standard) - 3.0))), rel=1e-4, abs=1e-6)
 
 
 def test_product_learn_draws_the_product_recipes_defects(home, dataset_root, tmp_path):

@@ -14,6 +14,7 @@ from anomaly_vlm.localizer import (
     BuiltinFeatureConfig,
     BuiltinFeatures,
     FusedScorer,
+    ModeScale,
     MutualConfig,
     MutualScorer,
     Prediction,
@@ -137,6 +138,32 @@ def test_fusion_of_one_map_is_that_map_and_weights_apply():
     assert np.allclose(fused.scores["reference_score"], b.image_score)
     with pytest.raises(ValueError, match="no fusion weight"):
         fuse({"mutual": a, "other": b}, {"mutual": 1.0})
+
+
+def test_fusion_on_good_part_scales_lets_a_narrow_mode_rank_what_a_wide_one_cannot():
+    """A mode whose good parts all score near 0 still decides when its values move; a plain mean loses it."""
+    wide_map = np.full((3, 4, 4), 0.6, dtype=np.float32)
+    narrow_map = np.full((3, 4, 4), 0.001, dtype=np.float32)
+    narrow_map[1, 2, 2] = 0.2  # a defect only the narrow mode sees
+    wide = Prediction(wide_map, np.array([0.61, 0.60, 0.62]), {}, ("reference",))
+    narrow = Prediction(narrow_map, np.array([0.001, 0.2, 0.001]), {}, ("learned",))
+    weights = {"reference": 1.0, "learned": 1.0}
+    plain = fuse({"reference": wide, "learned": narrow}, weights)
+    assert plain.image_score.argmax() == 1 and plain.image_score[1] - plain.image_score[2] < 0.1
+    scales = {"reference": ModeScale.of(np.array([0.55, 0.6, 0.65, 0.7])),
+              "learned": ModeScale.of(np.array([0.0008, 0.001, 0.0012]))}
+    scaled = fuse({"reference": wide, "learned": narrow}, weights, scales)
+    assert scaled.image_score[1] > 0.99 > 0.5 > scaled.image_score[0]
+    assert scaled.anomaly_map[1].argmax() == 2 * 4 + 2 and scaled.anomaly_map.max() <= 1
+    # the same transform on a mode's map and its score: a map at its score's value fuses to the fused score
+    flat = fuse({"reference": Prediction(np.full((3, 4, 4), 0.6, np.float32), np.full(3, 0.6), {}, ("reference",)),
+                 "learned": Prediction(np.full((3, 4, 4), 0.2, np.float32), np.full(3, 0.2), {}, ("learned",))}, weights, scales)
+    np.testing.assert_allclose(flat.anomaly_map.max(axis=(1, 2)), flat.image_score, rtol=1e-5)
+    # a scale for only some of the modes: the plain mean, as without scales
+    np.testing.assert_allclose(fuse({"reference": wide, "learned": narrow}, weights, {"learned": scales["learned"]}).image_score,
+                               plain.image_score)
+    with pytest.raises(ValueError, match="positive spread from at least 2"):
+        ModeScale(0.0, 1.0, 1)
 
 
 def test_fused_scorer_leaves_out_mutual_for_a_single_image():

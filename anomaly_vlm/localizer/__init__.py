@@ -4,7 +4,7 @@ from .checkpoint import PromptCheckpoint, import_reference, load_prompts, read_c
 from .config import LocalizerConfig, PromptConfig
 from .factory import BuiltScorer, ScorerOptions, build_localizer, build_scorer, describe_models, prompt_mode
 from .features import FEATURE_SOURCES, BuiltinFeatureConfig, BuiltinFeatures, ClipFeatures, build_feature_source, register_feature_source
-from .fusion import DEFAULT_WEIGHTS, FusedScorer, FusionConfig, fuse
+from .fusion import DEFAULT_WEIGHTS, FusedScorer, FusionConfig, ModeScale, fuse
 from .learned import learn_product
 from .learned_config import LearnConfig
 from .learned_scorer import LearnedScorer
@@ -27,6 +27,7 @@ __all__ = [
     "FusionConfig",
     "LearnConfig",
     "LearnedScorer",
+    "ModeScale",
     "MutualConfig",
     "MutualScorer",
     "ReferenceConfig",

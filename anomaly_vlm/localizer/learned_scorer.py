@@ -10,7 +10,6 @@ nothing is ever unpickled.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -124,21 +123,6 @@ class LearnedScorer:
             scores.append(s)
         maps_all, scores_all = np.concatenate(maps), np.concatenate(scores)
         return Prediction(maps_all, scores_all, {"learned_map_max": scores_all.copy()}, (self.mode,))
-
-    def threshold(self, false_alarm: float = 0.05) -> float:
-        """A score threshold from the held-out good images alone.
-
-        A handful of held-out scores cannot show a 5 % tail, so the threshold is the
-        larger of their maximum and a normal fit in logit space at 1 - false_alarm.
-        """
-        if not len(self.holdout_scores):
-            raise AnomalyVLMError("learned scorer: no held-out scores to calibrate on (holdout was 0)")
-        from scipy.stats import norm
-
-        logits = np.log(np.clip(self.holdout_scores, 1e-6, 1 - 1e-6) / (1 - np.clip(self.holdout_scores, 1e-6, 1 - 1e-6)))
-        spread = logits.std(ddof=1) if len(logits) > 1 else 1.0
-        fitted = logits.mean() + norm.ppf(1 - false_alarm) * spread
-        return float(max(self.holdout_scores.max(), 1 / (1 + math.exp(-fitted))))
 
     def describe(self) -> dict:
         return {

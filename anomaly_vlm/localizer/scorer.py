@@ -63,6 +63,12 @@ def robust_z(scores: np.ndarray, normal: np.ndarray) -> np.ndarray:
     return (scores - median) / max(spread, 1e-12)
 
 
+def logit(values: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Inverse of the logistic: 0..1 scores back to an unbounded scale (clipped at `eps` from 0 and 1)."""
+    values = np.clip(np.asarray(values, dtype=np.float64), eps, 1 - eps)
+    return np.log(values / (1 - values))
+
+
 def z_to_unit(z: np.ndarray, midpoint: float, width: float) -> np.ndarray:
     """Logistic map from z units to 0..1, reaching 0.5 at `midpoint` standard deviations."""
     return 1.0 / (1.0 + np.exp(-(z - midpoint) / width))
