@@ -72,3 +72,5 @@ def test_product_learn_with_clip_fine_tunes_prompts_and_inspects_with_them(home,
     assert [p["mode"] for p in results["models"]["parts"]] == ["prompt", "reference"]
     assert results["models"]["parts"][0]["prompts_digest"] == profile.prompts["prompts_digest"]
     assert results["thresholds"] == profile.thresholds[PROMPTS_KEY]
+    assert results["models"]["scales"] == profile.fusion[PROMPTS_KEY]
+    assert profile.fusion[PROMPTS_KEY]["prompt"]["count"] == 2 and set(profile.fusion) == {"builtin+learned", PROMPTS_KEY}
