@@ -93,6 +93,9 @@ def test_product_learn_fuses_its_own_localizer_and_calibrates_on_held_out_images
                  "--learn", *learning]) == 0
     printed = capsys.readouterr().out
     assert "learned localizer for widget" in printed and "2 good images held out of training" in printed
+    validation = json.loads((ProductStore().load("widget").folder / "learned" / "learned.json").read_text())["validation"]
+    assert (f"alone, on {validation['defective']} simulated defects over the 2 held-out good images: image AUROC "
+            f"{validation['image_auroc']:.3f}") in printed
     profile = ProductStore().load("widget")
     assert (profile.folder / "learned" / "learned.safetensors").is_file() and profile.learned["mode"] == "learned"
     assert profile.thresholds["builtin+learned"]["source"] == "product"

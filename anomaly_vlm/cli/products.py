@@ -37,6 +37,7 @@ def cmd_product_add(args: argparse.Namespace) -> int:
 
 def learn(args: argparse.Namespace, store) -> None:
     from ..localizer.learned_config import LearnConfig, with_recipe
+    from ..localizer.learned_scorer import LearnedScorer
     from ..localizer.product_prompts import ProductPromptConfig
     from ..product_fitting import learn_product_profile
     from ..products import LEARNED_KEY, PROMPTS_KEY
@@ -54,6 +55,11 @@ def learn(args: argparse.Namespace, store) -> None:
                                     options=scorer_options(args, False), prompt_config=configured(args, ProductPromptConfig))
     print(f"learned localizer for {profile.name}: {profile.learned['model']}, working size "
           f"{'x'.join(map(str, profile.learned['working_size']))}")
+    validation = LearnedScorer.load(profile.learned_folder).record.get("validation", {})
+    if "image_auroc" in validation:  # the model alone on data one may tune on: no test labels needed
+        print(f"  alone, on {validation['defective']} simulated defects over the {profile.learned['holdout']} held-out "
+              f"good images: image AUROC {validation['image_auroc']:.3f}, pixel AUROC {validation['pixel_auroc']:.3f}, "
+              f"AUPRO {validation['pixel_aupro']:.3f}")
     print(f"  fused with reference scoring: {describe_thresholds(profile.thresholds[LEARNED_KEY])}")
     if profile.prompts:
         print(f"learned prompts for {profile.name}: {profile.prompts['prompts']}")
