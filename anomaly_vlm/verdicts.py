@@ -17,7 +17,7 @@ from PIL import Image
 from scipy import stats
 
 from .localizer import fuse
-from .localizer.scorer import logit
+from .localizer.scorer import logit, z_to_unit
 from .metrics import f1_max
 from .types import verdict_of
 from .vocabulary import Verdict, score_text
@@ -80,10 +80,6 @@ class VerdictConfig:
                              f"{self.false_alarm_rate} and {self.review_rate}")
 
 
-def _sigmoid(value: float) -> float:
-    return float(1.0 / (1.0 + np.exp(-value)))
-
-
 def prediction_bound(scores: np.ndarray, rate: float) -> float:
     """The score a new good part stays below with probability 1 - `rate`, from good parts' `scores`.
 
@@ -96,7 +92,8 @@ def prediction_bound(scores: np.ndarray, rate: float) -> float:
     if n < 2:
         raise ValueError("a prediction bound needs the scores of at least 2 good parts")
     spread = max(float(logits.std(ddof=1)), 1e-3)
-    return _sigmoid(float(logits.mean()) + float(stats.t.ppf(1 - rate, n - 1)) * spread * np.sqrt(1 + 1 / n))
+    bound = float(logits.mean()) + float(stats.t.ppf(1 - rate, n - 1)) * spread * np.sqrt(1 + 1 / n)
+    return float(z_to_unit(bound, 0.0, 1.0))
 
 
 def from_good_scores(scores: np.ndarray, config: VerdictConfig, source: ThresholdSource, what: str) -> Thresholds:
