@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 runs=${1:-runs/default-adapter}
 recipe=data_recipes/assistant_adapter.yaml
 target=anomaly_vlm/adapters/default
-version=${VERSION:-0.2.0}
+version=${VERSION:-0.3.0}
 rank=8; max_length=512; seed=0; lr=6e-4
 
 timed() { local start=$SECONDS; "$@"; echo "[$(( SECONDS - start )) s] $*" >&2; }
@@ -61,6 +61,7 @@ info = {
     "loss": {"first": losses[0], "last10_mean": round(sum(losses[-10:]) / len(losses[-10:]), 4)},
     "training_data": {"samples": len(records), "defective": sum(r["label"] for r in records),
                       "conversations_trained": tuned["conversations"], "turns": len(turns),
+                      "with_product_notes": sum(bool(r["findings"].get("notes")) for r in records),
                       "mmad_turns": sum(t.startswith("mmad_") for t in turns),
                       "free_turns": sum(not t.startswith("mmad_") for t in turns)},
     "command": "bash benchmarks/train_default_adapter.sh",

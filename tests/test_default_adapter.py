@@ -139,6 +139,9 @@ def _check_turn(intent: str, text: str, answer: str, findings: Findings, prompts
         assert findings.anomalous and chosen in (strongest.looks(), plain_look(strongest.attributes))
     elif intent == "mmad_kind":
         assert findings.anomalous and strongest.attributes is not None
+    elif intent == "mmad_product":   # the notes name the answer and no other option
+        named = [text for text in options.values() if text.split(" ", 1)[1] in findings.notes.lower()]
+        assert named == [chosen], (findings.notes, options)
 
 
 def test_synthesized_mmad_turns_follow_the_findings_block():
@@ -162,24 +165,49 @@ def test_synthesized_mmad_turns_follow_the_findings_block():
             _check_turn(intent, text, answer, findings, prompts)
             if turn == 0:
                 assert text.startswith(findings.block() + "\n\n")
-    assert {"mmad_detection", "mmad_location", "mmad_appearance", "mmad_kind"} <= seen
+    assert {"mmad_detection", "mmad_location", "mmad_appearance", "mmad_kind", "mmad_product"} <= seen
     assert disagreeing > 0
 
 
-def test_a_missed_defect_is_answered_no_and_product_questions_need_a_named_product():
+def test_product_notes_name_the_product_and_often_the_true_kind():
+    from .test_synth_data import _sample
+    from anomaly_vlm.synth.conversations import TRUE_KIND_IN_NOTES, draw_notes
+    from anomaly_vlm.synth.ground_truth import ground_truth
+
+    book = Phrasebook()
+    truth = ground_truth(*_sample(True), ["scratch"])
+    config = ConversationConfig(notes_rate=0.5)
+    drawn = [draw_notes(truth, "part", np.random.default_rng(seed), book, config) for seed in range(400)]
+    notes = [n for n in drawn if n is not None]
+    assert 150 < len(notes) < 250                      # about half the findings carry notes
+    products = {one for one, _ in book.products}
+    assert all(n.product in products for n in notes) and len({n.product for n in notes}) > 10
+    assert all(n.product.split(" ", 1)[1] in n.text.lower() for n in notes)
+    with_kinds = [n.text.lower() for n in notes if any(w in n.text.lower() for w in book.kind_plurals.values())]
+    true_named = sum("scratches" in text for text in with_kinds) / len(with_kinds)
+    assert abs(true_named - TRUE_KIND_IN_NOTES) < 0.15   # evidence, not the answer key
+    named = draw_notes(truth, "bottle", np.random.default_rng(0), book, ConversationConfig(notes_rate=1.0))
+    assert named.product == "a bottle" and "bottle" in named.text.lower()
+    assert draw_notes(truth, "bottle", np.random.default_rng(0), book, ConversationConfig()) is None
+    with pytest.raises(ConfigError, match="conversation.notes_rate"):
+        ConversationConfig(notes_rate=2.0)
+
+
+def test_a_missed_defect_is_answered_no_and_product_questions_need_notes_naming_the_product():
     from .test_synth_data import _sample
     from anomaly_vlm.synth.ground_truth import ground_truth
 
     book, prompts = Phrasebook(), load_phrasing()
     truth = ground_truth(*_sample(True), ["scratch"])
-    missed = Findings(0.2, 0.5, [])
     config = ConversationConfig(turns=(3, 3), mmad_rate=1.0)
     kinds = set()
     for seed in range(30):
-        for name in ("part", "bottle"):
-            messages, intents = build_conversation(truth, missed, name, np.random.default_rng(seed), book, config)
+        for product in (None, "a bottle"):
+            missed = Findings(0.2, 0.5, [], notes=product and "Each image shows a bottle.")
+            messages, intents = build_conversation(truth, missed, "part", np.random.default_rng(seed), book, config,
+                                                   product)
             assert set(intents) <= {"mmad_detection", "mmad_product"}
-            assert ("mmad_product" in intents) <= (name == "bottle")
+            assert ("mmad_product" in intents) <= (product is not None)
             kinds |= set(intents)
             for _, intent, text, answer in _mmad_turns(messages, intents):
                 _check_turn(intent, text, answer, missed, prompts)

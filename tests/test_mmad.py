@@ -250,6 +250,14 @@ def test_a_changed_setup_does_not_mix_into_earlier_answers(dataset_root, tmp_pat
     assert _eval(tmp_path / "mmad.json", dataset_root, tmp_path / "out", "--max-images", "1") == 0
     assert _eval(tmp_path / "mmad.json", dataset_root, tmp_path / "out", "--shots", "2") == 2
     assert "shots" in capsys.readouterr().err
+    adapter = tmp_path / "adapter"   # the same --adapter folder, retrained to a new version
+    adapter.mkdir()
+    (adapter / "adapter.json").write_text(json.dumps({"name": "mine", "version": "1"}))
+    assert _eval(tmp_path / "mmad.json", dataset_root, tmp_path / "run", "--max-images", "1", "--adapter",
+                 str(adapter)) == 0
+    (adapter / "adapter.json").write_text(json.dumps({"name": "mine", "version": "2"}))
+    assert _eval(tmp_path / "mmad.json", dataset_root, tmp_path / "run", "--adapter", str(adapter)) == 2
+    assert "adapter.version differ" in capsys.readouterr().err
 
 
 def test_an_unreadable_image_or_template_fails_only_its_own_questions(dataset_root, tmp_path, monkeypatch, capsys):

@@ -49,6 +49,11 @@ def test_product_add_list_show_inspect_remove(home, dataset_root, tmp_path, caps
 
     assert main(["product", "add", "widget", "--good", str(dataset_root / "widget" / "train")]) == 2
     assert "already exists" in capsys.readouterr().err
+    # notes given as text, not as a file: one clear line naming what was given, no profile written
+    assert main(["product", "add", "gadget", "--good", str(dataset_root / "widget" / "train"),
+                 "--notes", "grey gadgets"]) == 2
+    assert "--notes grey gadgets: cannot read it as a text file" in capsys.readouterr().err
+    assert not ProductStore().exists("gadget")
     assert main(["product", "remove", "widget"]) == 0 and not ProductStore().exists("widget")
     assert main(["product", "show", "widget"]) == 2 and "no product 'widget'" in capsys.readouterr().err
 

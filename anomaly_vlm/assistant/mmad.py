@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..errors import AnomalyVLMError, DatasetError
 from ..mmad_questions import DETECTION, TYPE_ALIASES, MMADQuestion, load_phrasing, parse_letter, phrase_question
+from .backends import adapter_identity, resolve_adapter
 from .mmad_scores import MMADScores, score_answers
 
 ANSWERS_FILE, METRICS_FILE, RUN_FILE = "answers.jsonl", "metrics.json", "run.json"
@@ -256,11 +257,14 @@ def evaluate_mmad(inspector, entries: list[MMADEntry], root: str | Path, out: st
             raise DatasetError(f"MMAD entry {lacking.image!r}: field '{options.templates}_templates' is missing or "
                                f"empty, and --shots {shots} asks for templates (--shots 0 for none)")
     config = inspector.config
+    adapter = resolve_adapter(config.assistant)  # its version too: a retrained default adapter is another setup
     settings = _jsonable({"data": str(Path(data).resolve()) if data else None, "root": str(root.resolve()),
                           "shots": shots, "templates": options.templates, "product": product,
                           "references": None if references is None else len(references),
                           "phrasing": hashlib.sha256(json.dumps(phrasing, sort_keys=True).encode()).hexdigest()[:16],
-                          "assistant": asdict(config.assistant), "generation": asdict(config.generation),
+                          "assistant": asdict(config.assistant),
+                          "adapter": adapter_identity(adapter) if adapter else None,
+                          "generation": asdict(config.generation),
                           "scorer": {k: v for k, v in asdict(config.scorer).items() if k != "progress"},
                           "verdicts": asdict(config.verdicts), "proposals": asdict(config.proposals)})
     log = AnswerLog(out / ANSWERS_FILE)

@@ -6,9 +6,21 @@ import argparse
 import json
 from pathlib import Path
 
+from ..errors import ProductError
 from .common import print_failures, print_notices
 from .options import (LEARNING, LOCALIZER, PROMPT_SOURCE, InputOptions, add_options, configured, scorer_options,
                       verdict_config)
+
+
+def _notes(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProductError(f"--notes {path}: cannot read it as a text file ({exc.__class__.__name__}: "
+                           f"{getattr(exc, 'strerror', None) or exc}); --notes takes the path of a text file "
+                           f"holding the notes") from None
 
 
 def cmd_product_add(args: argparse.Namespace) -> int:
@@ -16,7 +28,7 @@ def cmd_product_add(args: argparse.Namespace) -> int:
     from ..products import ProductStore
     from ..verdicts import describe_thresholds
 
-    notes = args.notes.read_text(encoding="utf-8").strip() if args.notes else None
+    notes = _notes(args.notes)
     store = ProductStore()
     check = create_product(store, args.name, args.good, args.defective, notes, scorer_options(args, False),
                            verdict_config(args), args.replace)

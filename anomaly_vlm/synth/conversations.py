@@ -8,10 +8,16 @@ truth, never from the findings, so the model learns to check proposals, not echo
 With `mmad_rate` > 0, turns are also MMAD's multiple-choice questions (github
 jam-cc/MMAD), in exactly the prompt shape evaluation asks them (`anomaly_vlm.mmad_questions`,
 prompts/mmad.yaml), answered with the option's letter: detection (Yes/No), defect
-kind, location (3x3 grid words), appearance and, where the recipe names the product,
-the product. Their answers follow the findings block the model reads (score against
-threshold, the strongest region's location and measured look), not hidden ground
-truth: when the simulated localizer misses a defect, "No" is the answer it supports.
+kind, location (3x3 grid words), appearance and, where the findings' product notes
+name the product, the product. Their answers follow the findings block the model reads
+(score against threshold, the strongest region's location and measured look, the notes),
+not hidden ground truth: when the simulated localizer misses a defect, "No" is the
+answer it supports.
+
+With `notes_rate` > 0, findings carry product notes as a product profile's do: the
+product (the recipe's, or one drawn from `products` in prompts/conversations.yaml) and
+often its usual defect kinds, mostly but not always including the true one. So the
+model learns to read a user's notes as evidence, not as the answer key.
 Defect kind, which no findings field names, is asked only when the strongest proposed
 region is a true one of a single-kind defect, so its look is the evidence. A
 conversation whose findings disagree with the ground truth is all MMAD or all free, so
@@ -54,11 +60,14 @@ class ConversationConfig:
         "help": "chance that a turn is one of MMAD's multiple-choice questions, answered with a letter"})
     mmad_options: tuple[int, int] = field(default=(3, 5), metadata={
         "help": "fewest and most options of a non-Yes/No MMAD question"})
+    notes_rate: float = field(default=0.0, metadata={
+        "help": "chance that the findings carry product notes naming the product and often its usual defects"})
 
     def __post_init__(self) -> None:
         # recipe.load_recipe reports a ConfigError with the recipe file named
         check_share("conversation.mmad_rate", self.mmad_rate)
         check_share("conversation.report_rate", self.report_rate)
+        check_share("conversation.notes_rate", self.notes_rate)
         check_span("conversation.mmad_options", self.mmad_options, 2)
 
 
@@ -82,6 +91,7 @@ class Phrasebook:
             self.answers[intent] = {k: [env.from_string(a) for a in answers[k]] for k in ("anomalous", "normal")}
         self.mmad = _mmad_phrases(data.get("mmad"), conversations)
         self.mmad_phrasing = load_phrasing()
+        self.products, self.notes, self.kind_plurals = _note_phrases(data, conversations)
 
 
 def _texts(value, where: str) -> list[str]:
@@ -102,7 +112,7 @@ def _mmad_phrases(data, name: str) -> dict:
                                                            all(isinstance(t, str) for t in p) for p in pairs):
         raise DatasetError(f"{name}: mmad.yes_no must list [yes, no] option pairs")
     phrases["yes_no"] = pairs
-    for key in ("location_options", "answers", "kind_distractors", "product_distractors"):
+    for key in ("location_options", "answers", "kind_distractors"):
         phrases[key] = _texts(data.get(key), f"{name}: mmad.{key}")
     for text in phrases["location_options"]:
         if "{where}" not in text:
@@ -111,6 +121,23 @@ def _mmad_phrases(data, name: str) -> dict:
         if "{letter}" not in text:
             raise DatasetError(f"{name}: mmad.answers: {text!r} has no {{letter}}")
     return phrases
+
+
+def _note_phrases(data: dict, name: str) -> tuple[list[tuple[str, str]], list[str], dict[str, str]]:
+    """The product notes' vocabulary: products as [one, many], note sentences, defect kinds in the plural."""
+    products = data.get("products")
+    if not isinstance(products, list) or len(products) < 2 or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(t, str) and t.strip() for t in p) for p in products):
+        raise DatasetError(f"{name}: products must list two or more [one, many] product names")
+    notes = _texts(data.get("notes"), f"{name}: notes")
+    for text in notes:
+        if "{product" not in text.lower():
+            raise DatasetError(f"{name}: notes: {text!r} names no {{product}}")
+    plurals = data.get("kind_plurals")
+    missing = [k for k in DEFECT_TYPES if not isinstance(plurals, dict) or not isinstance(plurals.get(k), str)]
+    if missing:
+        raise DatasetError(f"{name}: kind_plurals lacks {', '.join(missing)}")
+    return [tuple(p) for p in products], notes, plurals
 
 
 def _type_phrase(types: list[str]) -> str:
@@ -201,8 +228,53 @@ def _overlaps(region: Region, truth: GroundTruth) -> bool:
     return any(min(x1, b[2]) > max(x0, b[0]) and min(y1, b[3]) > max(y0, b[1]) for b in (r.box for r in truth.regions))
 
 
-def mmad_available(truth: GroundTruth, findings: Findings, object_name: str) -> list[str]:
-    """The MMAD question types whose answer the findings block supports for this sample."""
+class ProductNotes(NamedTuple):
+    product: str
+    """What a product question answers: "a steel washer"."""
+    text: str
+    """The notes the findings carry."""
+
+
+TRUE_KIND_IN_NOTES = 0.7
+"""How often notes that name usual defects name the true kind among them: evidence, not the answer key."""
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _listed(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def draw_notes(truth: GroundTruth, object_name: str, rng: np.random.Generator, book: Phrasebook,
+               config: ConversationConfig) -> ProductNotes | None:
+    """Product notes as a user writes them for a profile, or None (nothing is drawn at a zero notes_rate)."""
+    if config.notes_rate <= 0 or rng.random() >= config.notes_rate:
+        return None
+    if object_name in GENERIC_OBJECTS:
+        one, many = book.products[rng.integers(len(book.products))]
+    else:
+        one, many = _article(object_name), object_name if object_name.endswith("s") else f"{object_name}s"
+    template = book.notes[rng.integers(len(book.notes))]
+    kinds: list[str] = []
+    if "{kinds}" in template.lower():
+        others = [k for k in DEFECT_TYPES if k not in truth.defect_types]
+        kinds = [str(k) for k in rng.choice(others, size=int(rng.integers(1, 4)), replace=False)]
+        if truth.defect_types and rng.random() < TRUE_KIND_IN_NOTES:
+            kinds[0] = truth.defect_types[0]
+        kinds = [kinds[i] for i in rng.permutation(len(kinds))]
+    named = _listed([book.kind_plurals[k] for k in kinds]) if kinds else ""
+    text = template.format(product=one, Product=_capital(one), products=many, Products=_capital(many),
+                           kinds=named, Kinds=_capital(named))
+    return ProductNotes(one, text)
+
+
+def mmad_available(truth: GroundTruth, findings: Findings, product: str | None = None) -> list[str]:
+    """The MMAD question types whose answer the findings block supports for this sample.
+
+    `product` is what the findings' notes name the product, when they name it.
+    """
     kinds = ["mmad_detection"]
     strongest = findings.regions[0] if findings.regions else None
     if findings.anomalous and strongest is not None:
@@ -211,7 +283,7 @@ def mmad_available(truth: GroundTruth, findings: Findings, object_name: str) -> 
             kinds.append("mmad_appearance")
         if len(truth.defect_types) == 1 and _overlaps(strongest, truth) and strongest.attributes is not None:
             kinds.append("mmad_kind")
-    if object_name not in GENERIC_OBJECTS:
+    if product is not None:
         kinds.append("mmad_product")
     return kinds
 
@@ -221,7 +293,7 @@ def _article(text: str) -> str:
 
 
 def mmad_question(kind: str, truth: GroundTruth, findings: Findings, object_name: str, rng: np.random.Generator,
-                  book: Phrasebook, config: ConversationConfig) -> MMADQuestion:
+                  book: Phrasebook, config: ConversationConfig, product: str | None = None) -> MMADQuestion:
     """One MMAD question of type `kind` (one of MMAD_INTENTS) with its answer, as the findings support it."""
     phrases = book.mmad
     texts = phrases["questions"][kind.removeprefix("mmad_")]
@@ -253,7 +325,9 @@ def mmad_question(kind: str, truth: GroundTruth, findings: Findings, object_name
         options, letter = _choose(phrase(truth.defect_types[0]), wrong, count, rng)
         return MMADQuestion(text, options, letter, "Defect Classification")
     if kind == "mmad_product":
-        options, letter = _choose(_article(object_name), phrases["product_distractors"], count, rng)
+        if product is None:
+            raise ValueError("a product question needs findings whose notes name the product")
+        options, letter = _choose(product, [one for one, _ in book.products], count, rng)
         return MMADQuestion(text, options, letter, "Object Classification")
     raise ValueError(f"unknown MMAD question type {kind!r}; choose one of {', '.join(MMAD_INTENTS)}")
 
@@ -263,10 +337,10 @@ def mmad_answer(question: MMADQuestion, rng: np.random.Generator, book: Phrasebo
     return forms[rng.integers(len(forms))].format(letter=question.answer, text=question.options[question.answer])
 
 
-def _plan(intents: list[str], truth: GroundTruth, findings: Findings, object_name: str, rng: np.random.Generator,
+def _plan(intents: list[str], truth: GroundTruth, findings: Findings, product: str | None, rng: np.random.Generator,
           config: ConversationConfig) -> list[str]:
     """Which free turns become MMAD questions (each type once at most)."""
-    available = mmad_available(truth, findings, object_name)
+    available = mmad_available(truth, findings, product)
     agree = findings.anomalous == truth.anomalous
     if not agree:  # the free answers (ground truth) and MMAD's (findings) would contradict: one kind only
         if rng.random() >= config.mmad_rate:
@@ -290,8 +364,12 @@ class Conversation(NamedTuple):
 
 
 def build_conversation(truth: GroundTruth, findings: Findings, object_name: str, rng: np.random.Generator,
-                       book: Phrasebook, config: ConversationConfig = ConversationConfig()) -> Conversation:
-    """A conversation that opens with detection and goes on with follow-up questions, some of them MMAD's."""
+                       book: Phrasebook, config: ConversationConfig = ConversationConfig(),
+                       product: str | None = None) -> Conversation:
+    """A conversation that opens with detection and goes on with follow-up questions, some of them MMAD's.
+
+    `product`: what the findings' notes name the product (`draw_notes`); product questions need it.
+    """
     low, high = config.turns
     count = int(rng.integers(low, high + 1))
     follow_ups = [i for i in INTENTS[1:] if i != "report"]
@@ -299,13 +377,13 @@ def build_conversation(truth: GroundTruth, findings: Findings, object_name: str,
     if count > 1 and rng.random() < config.report_rate:
         intents[-1] = "report"
     if config.mmad_rate > 0:  # no draws otherwise: recipes without MMAD turns give the conversations they gave
-        intents = _plan(intents, truth, findings, object_name, rng, config)
+        intents = _plan(intents, truth, findings, product, rng, config)
     variables = _variables(truth, findings, object_name)
     state = "anomalous" if truth.anomalous else "normal"
     messages = [{"role": "system", "content": [text_part(book.system)]}] if config.system_prompt else []
     for turn, intent in enumerate(intents):
         if intent in MMAD_INTENTS:
-            asked = mmad_question(intent, truth, findings, object_name, rng, book, config)
+            asked = mmad_question(intent, truth, findings, object_name, rng, book, config, product)
             shots = int(rng.choice([0, 1, 1, 1, 2, 4]))
             question, answer = phrase_question(asked, book.mmad_phrasing, shots), mmad_answer(asked, rng, book)
         else:

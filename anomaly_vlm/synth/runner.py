@@ -15,7 +15,7 @@ import json
 import multiprocessing
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..errors import DatasetError
 from ..files import write_json, write_png, sweep_temporaries
 from ..io import NORMAL_DEFECT, is_category_root, is_image_file, load_image
-from .conversations import Phrasebook, build_conversation
+from .conversations import Phrasebook, build_conversation, draw_notes
 from .findings import simulate_findings
 from .foreground import estimate_foreground
 from .ground_truth import ground_truth
@@ -162,7 +162,11 @@ class Synthesizer:
         height, width = image.shape[:2]
         findings = simulate_findings(truth, (width, height), rng, recipe.findings, image=image, mask=mask)
         object_name = self._object_name(category, kind)
-        conversation = build_conversation(truth, findings, object_name, rng, self.book, recipe.conversation)
+        notes = draw_notes(truth, object_name, rng, self.book, recipe.conversation)
+        if notes is not None:
+            findings = replace(findings, notes=notes.text)
+        conversation = build_conversation(truth, findings, object_name, rng, self.book, recipe.conversation,
+                                          notes.product if notes else None)
         folder = _slug(truth.defect_types[0]) if truth.anomalous else NORMAL_DEFECT
         name = f"{index:06d}"
         record = {
