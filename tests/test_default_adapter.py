@@ -15,8 +15,8 @@ from anomaly_vlm.assistant.backends import (DEFAULT_ADAPTER, AssistantOptions, a
                                             load_model, resolve_adapter)
 from anomaly_vlm.configs import ConfigError
 from anomaly_vlm.mmad_questions import MMADQuestion, load_phrasing, parse_letter, phrase_question
-from anomaly_vlm.synth.conversations import (MMAD_INTENTS, ConversationConfig, Phrasebook, build_conversation,
-                                             plain_look)
+from anomaly_vlm.synth.conversations import (MMAD_INTENTS, ConversationConfig, Phrasebook, ProductNotes,
+                                             build_conversation, plain_look)
 from anomaly_vlm.synth.recipe import load_recipe
 from anomaly_vlm.synth.runner import Synthesizer
 from anomaly_vlm.types import Findings
@@ -183,9 +183,14 @@ def test_product_notes_name_the_product_and_often_the_true_kind():
     products = {one for one, _ in book.products}
     assert all(n.product in products for n in notes) and len({n.product for n in notes}) > 10
     assert all(n.product.split(" ", 1)[1] in n.text.lower() for n in notes)
-    with_kinds = [n.text.lower() for n in notes if any(w in n.text.lower() for w in book.kind_plurals.values())]
-    true_named = sum("scratches" in text for text in with_kinds) / len(with_kinds)
+    with_kinds = [n for n in notes if n.kinds]
+    true_named = sum("scratch" in n.kinds for n in with_kinds) / len(with_kinds)
     assert abs(true_named - TRUE_KIND_IN_NOTES) < 0.15   # evidence, not the answer key
+    for n in with_kinds:   # each kind is named in the text by the name the notes hold for it
+        for kind, name in n.kinds.items():
+            assert name in dict(book.kind_names[kind])
+            assert dict(book.kind_names[kind])[name] in n.text.lower()
+    assert len({n.kinds["scratch"] for n in with_kinds if "scratch" in n.kinds}) > 1   # not only its own name
     named = draw_notes(truth, "bottle", np.random.default_rng(0), book, ConversationConfig(notes_rate=1.0))
     assert named.product == "a bottle" and "bottle" in named.text.lower()
     assert draw_notes(truth, "bottle", np.random.default_rng(0), book, ConversationConfig()) is None
@@ -202,12 +207,12 @@ def test_a_missed_defect_is_answered_no_and_product_questions_need_notes_naming_
     config = ConversationConfig(turns=(3, 3), mmad_rate=1.0)
     kinds = set()
     for seed in range(30):
-        for product in (None, "a bottle"):
-            missed = Findings(0.2, 0.5, [], notes=product and "Each image shows a bottle.")
+        for notes in (None, ProductNotes("a bottle", "Each image shows a bottle.")):
+            missed = Findings(0.2, 0.5, [], notes=notes and notes.text)
             messages, intents = build_conversation(truth, missed, "part", np.random.default_rng(seed), book, config,
-                                                   product)
+                                                   notes)
             assert set(intents) <= {"mmad_detection", "mmad_product"}
-            assert ("mmad_product" in intents) <= (product is not None)
+            assert ("mmad_product" in intents) <= (notes is not None)
             kinds |= set(intents)
             for _, intent, text, answer in _mmad_turns(messages, intents):
                 _check_turn(intent, text, answer, missed, prompts)
@@ -229,3 +234,24 @@ def test_no_mmad_rate_keeps_the_conversations_and_the_rate_is_checked():
     for bad in ({"mmad_rate": 1.5}, {"mmad_rate": -0.1}, {"mmad_options": (1, 4)}, {"mmad_options": (5, 3)}):
         with pytest.raises(ConfigError, match="conversation.mmad"):
             ConversationConfig(**bad)
+
+
+def test_a_kind_the_notes_name_is_offered_under_their_name():
+    from .test_synth_data import _sample
+    from anomaly_vlm.synth.conversations import mmad_question
+    from anomaly_vlm.synth.findings import simulate_findings
+    from anomaly_vlm.synth.ground_truth import ground_truth
+
+    book = Phrasebook()
+    normal, image, mask = _sample(True)
+    truth = ground_truth(normal, image, mask, ["missing material"])
+    findings = simulate_findings(truth, image.shape[1::-1], np.random.default_rng(0), image=image, mask=mask)
+    notes = ProductNotes("a glass jar", "Glass jars. Chips and stains are the usual defects.",
+                         {"missing material": "a chip", "stain": "a stain"})
+    for seed in range(20):
+        asked = mmad_question("mmad_kind", truth, findings, "part", np.random.default_rng(seed), book,
+                              ConversationConfig(), notes)
+        assert asked.options[asked.answer] in ("a chip", "chip")
+        assert not {"missing material", "material"} & set(asked.options.values())
+    plain = mmad_question("mmad_kind", truth, findings, "part", np.random.default_rng(0), book, ConversationConfig())
+    assert plain.options[plain.answer] == "missing material"

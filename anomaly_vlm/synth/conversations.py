@@ -47,7 +47,7 @@ MMAD_INTENTS = ("mmad_detection", "mmad_kind", "mmad_location", "mmad_appearance
 """MMAD question turns, by the question type they ask (Anomaly Detection, Defect Classification, Defect
 Localization, Defect Description, Object Classification)."""
 GENERIC_OBJECTS = ("part", "surface")
-"""What procedural recipes call their items when the recipe names no product: no product question then."""
+"""What procedural recipes call their items when the recipe names no product: notes then name a made-up one."""
 _MASS_NOUNS = {"missing material", "contamination", "discoloration", "misplaced material", "foreign material"}
 
 
@@ -91,7 +91,7 @@ class Phrasebook:
             self.answers[intent] = {k: [env.from_string(a) for a in answers[k]] for k in ("anomalous", "normal")}
         self.mmad = _mmad_phrases(data.get("mmad"), conversations)
         self.mmad_phrasing = load_phrasing()
-        self.products, self.notes, self.kind_plurals = _note_phrases(data, conversations)
+        self.products, self.notes, self.kind_names = _note_phrases(data, conversations)
 
 
 def _texts(value, where: str) -> list[str]:
@@ -123,21 +123,25 @@ def _mmad_phrases(data, name: str) -> dict:
     return phrases
 
 
-def _note_phrases(data: dict, name: str) -> tuple[list[tuple[str, str]], list[str], dict[str, str]]:
-    """The product notes' vocabulary: products as [one, many], note sentences, defect kinds in the plural."""
+def _pairs(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(t, str) and t.strip() for t in p) for p in value)
+
+
+def _note_phrases(data: dict, name: str) -> tuple[list[tuple[str, str]], list[str], dict[str, list[tuple[str, str]]]]:
+    """The product notes' vocabulary: products and each defect kind's names as [one, many], note sentences."""
     products = data.get("products")
-    if not isinstance(products, list) or len(products) < 2 or not all(
-            isinstance(p, list) and len(p) == 2 and all(isinstance(t, str) and t.strip() for t in p) for p in products):
+    if not _pairs(products) or len(products) < 2:
         raise DatasetError(f"{name}: products must list two or more [one, many] product names")
     notes = _texts(data.get("notes"), f"{name}: notes")
     for text in notes:
         if "{product" not in text.lower():
             raise DatasetError(f"{name}: notes: {text!r} names no {{product}}")
-    plurals = data.get("kind_plurals")
-    missing = [k for k in DEFECT_TYPES if not isinstance(plurals, dict) or not isinstance(plurals.get(k), str)]
+    names = data.get("kind_names")
+    missing = [k for k in DEFECT_TYPES if not isinstance(names, dict) or not _pairs(names.get(k))]
     if missing:
-        raise DatasetError(f"{name}: kind_plurals lacks {', '.join(missing)}")
-    return [tuple(p) for p in products], notes, plurals
+        raise DatasetError(f"{name}: kind_names needs [one, many] names for {', '.join(missing)}")
+    return [tuple(p) for p in products], notes, {k: [tuple(n) for n in names[k]] for k in DEFECT_TYPES}
 
 
 def _type_phrase(types: list[str]) -> str:
@@ -233,6 +237,8 @@ class ProductNotes(NamedTuple):
     """What a product question answers: "a steel washer"."""
     text: str
     """The notes the findings carry."""
+    kinds: dict[str, str] = {}
+    """The defect kinds the notes name, each by the name they use ("missing material" -> "a chip")."""
 
 
 TRUE_KIND_IN_NOTES = 0.7
@@ -258,22 +264,24 @@ def draw_notes(truth: GroundTruth, object_name: str, rng: np.random.Generator, b
         one, many = _article(object_name), object_name if object_name.endswith("s") else f"{object_name}s"
     template = book.notes[rng.integers(len(book.notes))]
     kinds: list[str] = []
+    names: dict[str, tuple[str, str]] = {}
     if "{kinds}" in template.lower():
         others = [k for k in DEFECT_TYPES if k not in truth.defect_types]
         kinds = [str(k) for k in rng.choice(others, size=int(rng.integers(1, 4)), replace=False)]
         if truth.defect_types and rng.random() < TRUE_KIND_IN_NOTES:
             kinds[0] = truth.defect_types[0]
         kinds = [kinds[i] for i in rng.permutation(len(kinds))]
-    named = _listed([book.kind_plurals[k] for k in kinds]) if kinds else ""
+        names = {k: book.kind_names[k][rng.integers(len(book.kind_names[k]))] for k in kinds}
+    named = _listed([names[k][1] for k in kinds]) if kinds else ""
     text = template.format(product=one, Product=_capital(one), products=many, Products=_capital(many),
                            kinds=named, Kinds=_capital(named))
-    return ProductNotes(one, text)
+    return ProductNotes(one, text, {k: names[k][0] for k in kinds})
 
 
-def mmad_available(truth: GroundTruth, findings: Findings, product: str | None = None) -> list[str]:
+def mmad_available(truth: GroundTruth, findings: Findings, notes: ProductNotes | None = None) -> list[str]:
     """The MMAD question types whose answer the findings block supports for this sample.
 
-    `product` is what the findings' notes name the product, when they name it.
+    `notes` are the product notes the findings carry, when they carry some.
     """
     kinds = ["mmad_detection"]
     strongest = findings.regions[0] if findings.regions else None
@@ -283,7 +291,7 @@ def mmad_available(truth: GroundTruth, findings: Findings, product: str | None =
             kinds.append("mmad_appearance")
         if len(truth.defect_types) == 1 and _overlaps(strongest, truth) and strongest.attributes is not None:
             kinds.append("mmad_kind")
-    if product is not None:
+    if notes is not None:
         kinds.append("mmad_product")
     return kinds
 
@@ -292,9 +300,19 @@ def _article(text: str) -> str:
     return text if text in _MASS_NOUNS else f"{'an' if text[0] in 'aeiou' else 'a'} {text}"
 
 
+def _bare(name: str) -> str:
+    """A kind's name without its article ("a chip" -> "chip"; "missing material" stays)."""
+    first, _, rest = name.partition(" ")
+    return rest if first in ("a", "an") and rest else name
+
+
 def mmad_question(kind: str, truth: GroundTruth, findings: Findings, object_name: str, rng: np.random.Generator,
-                  book: Phrasebook, config: ConversationConfig, product: str | None = None) -> MMADQuestion:
-    """One MMAD question of type `kind` (one of MMAD_INTENTS) with its answer, as the findings support it."""
+                  book: Phrasebook, config: ConversationConfig, notes: ProductNotes | None = None) -> MMADQuestion:
+    """One MMAD question of type `kind` (one of MMAD_INTENTS) with its answer, as the findings support it.
+
+    A kind the notes name is offered under the name they use, so a user's words for a
+    defect are the words the model learns to match.
+    """
     phrases = book.mmad
     texts = phrases["questions"][kind.removeprefix("mmad_")]
     text = texts[rng.integers(len(texts))].replace("{object}", object_name)
@@ -317,17 +335,19 @@ def mmad_question(kind: str, truth: GroundTruth, findings: Findings, object_name
         options, letter = _choose(render(strongest.attributes), wrong, count, rng)
         return MMADQuestion(text, options, letter, "Defect Description")
     if kind == "mmad_kind":
+        named = notes.kinds if notes else {}
         article = rng.random() < 0.7
-        phrase = _article if article else (lambda t: t)
+        phrase = (lambda name: name) if article else _bare
         true = set(truth.defect_types)
-        wrong = [phrase(t) for t in DEFECT_TYPES if t not in true]
-        wrong += [d if article else d.split(" ", 1)[-1] for d in phrases["kind_distractors"]]
-        options, letter = _choose(phrase(truth.defect_types[0]), wrong, count, rng)
+        wrong = [phrase(named.get(t) or _article(t)) for t in DEFECT_TYPES if t not in true]
+        wrong += [phrase(d) for d in phrases["kind_distractors"]]
+        first = truth.defect_types[0]
+        options, letter = _choose(phrase(named.get(first) or _article(first)), wrong, count, rng)
         return MMADQuestion(text, options, letter, "Defect Classification")
     if kind == "mmad_product":
-        if product is None:
+        if notes is None:
             raise ValueError("a product question needs findings whose notes name the product")
-        options, letter = _choose(product, [one for one, _ in book.products], count, rng)
+        options, letter = _choose(notes.product, [one for one, _ in book.products], count, rng)
         return MMADQuestion(text, options, letter, "Object Classification")
     raise ValueError(f"unknown MMAD question type {kind!r}; choose one of {', '.join(MMAD_INTENTS)}")
 
@@ -337,10 +357,10 @@ def mmad_answer(question: MMADQuestion, rng: np.random.Generator, book: Phrasebo
     return forms[rng.integers(len(forms))].format(letter=question.answer, text=question.options[question.answer])
 
 
-def _plan(intents: list[str], truth: GroundTruth, findings: Findings, product: str | None, rng: np.random.Generator,
-          config: ConversationConfig) -> list[str]:
+def _plan(intents: list[str], truth: GroundTruth, findings: Findings, notes: ProductNotes | None,
+          rng: np.random.Generator, config: ConversationConfig) -> list[str]:
     """Which free turns become MMAD questions (each type once at most)."""
-    available = mmad_available(truth, findings, product)
+    available = mmad_available(truth, findings, notes)
     agree = findings.anomalous == truth.anomalous
     if not agree:  # the free answers (ground truth) and MMAD's (findings) would contradict: one kind only
         if rng.random() >= config.mmad_rate:
@@ -365,10 +385,10 @@ class Conversation(NamedTuple):
 
 def build_conversation(truth: GroundTruth, findings: Findings, object_name: str, rng: np.random.Generator,
                        book: Phrasebook, config: ConversationConfig = ConversationConfig(),
-                       product: str | None = None) -> Conversation:
+                       notes: ProductNotes | None = None) -> Conversation:
     """A conversation that opens with detection and goes on with follow-up questions, some of them MMAD's.
 
-    `product`: what the findings' notes name the product (`draw_notes`); product questions need it.
+    `notes`: the product notes the findings carry (`draw_notes`); product questions need them.
     """
     low, high = config.turns
     count = int(rng.integers(low, high + 1))
@@ -377,13 +397,13 @@ def build_conversation(truth: GroundTruth, findings: Findings, object_name: str,
     if count > 1 and rng.random() < config.report_rate:
         intents[-1] = "report"
     if config.mmad_rate > 0:  # no draws otherwise: recipes without MMAD turns give the conversations they gave
-        intents = _plan(intents, truth, findings, product, rng, config)
+        intents = _plan(intents, truth, findings, notes, rng, config)
     variables = _variables(truth, findings, object_name)
     state = "anomalous" if truth.anomalous else "normal"
     messages = [{"role": "system", "content": [text_part(book.system)]}] if config.system_prompt else []
     for turn, intent in enumerate(intents):
         if intent in MMAD_INTENTS:
-            asked = mmad_question(intent, truth, findings, object_name, rng, book, config, product)
+            asked = mmad_question(intent, truth, findings, object_name, rng, book, config, notes)
             shots = int(rng.choice([0, 1, 1, 1, 2, 4]))
             question, answer = phrase_question(asked, book.mmad_phrasing, shots), mmad_answer(asked, rng, book)
         else:

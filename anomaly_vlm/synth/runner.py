@@ -165,8 +165,7 @@ class Synthesizer:
         notes = draw_notes(truth, object_name, rng, self.book, recipe.conversation)
         if notes is not None:
             findings = replace(findings, notes=notes.text)
-        conversation = build_conversation(truth, findings, object_name, rng, self.book, recipe.conversation,
-                                          notes.product if notes else None)
+        conversation = build_conversation(truth, findings, object_name, rng, self.book, recipe.conversation, notes)
         folder = _slug(truth.defect_types[0]) if truth.anomalous else NORMAL_DEFECT
         name = f"{index:06d}"
         record = {
