@@ -15,7 +15,8 @@ from anomaly_vlm.assistant.backends import (DEFAULT_ADAPTER, AssistantOptions, a
                                             load_model, resolve_adapter)
 from anomaly_vlm.configs import ConfigError
 from anomaly_vlm.mmad_questions import MMADQuestion, load_phrasing, parse_letter, phrase_question
-from anomaly_vlm.synth.conversations import (MMAD_INTENTS, ConversationConfig, Phrasebook, ProductNotes,
+from anomaly_vlm.synth.notes import ProductNotes
+from anomaly_vlm.synth.conversations import (MMAD_INTENTS, ConversationConfig, Phrasebook,
                                              build_conversation, plain_look)
 from anomaly_vlm.synth.recipe import load_recipe
 from anomaly_vlm.synth.runner import Synthesizer
@@ -171,7 +172,7 @@ def test_synthesized_mmad_turns_follow_the_findings_block():
 
 def test_product_notes_name_the_product_and_often_the_true_kind():
     from .test_synth_data import _sample
-    from anomaly_vlm.synth.conversations import TRUE_KIND_IN_NOTES, draw_notes
+    from anomaly_vlm.synth.notes import TRUE_KIND_IN_NOTES, draw_notes
     from anomaly_vlm.synth.ground_truth import ground_truth
 
     book = Phrasebook()

@@ -41,14 +41,13 @@ from ..templates import load_yaml
 from ..types import Findings, Region
 from ..vocabulary import DEFECT_TYPES, LOCATIONS
 from .ground_truth import GroundTruth
+from .notes import _MASS_NOUNS, ProductNotes, _article, note_phrases
 
 INTENTS = ("detect", "locate", "kind", "describe", "severity", "report")
 MMAD_INTENTS = ("mmad_detection", "mmad_kind", "mmad_location", "mmad_appearance", "mmad_product")
 """MMAD question turns, by the question type they ask (Anomaly Detection, Defect Classification, Defect
 Localization, Defect Description, Object Classification)."""
-GENERIC_OBJECTS = ("part", "surface")
-"""What procedural recipes call their items when the recipe names no product: notes then name a made-up one."""
-_MASS_NOUNS = {"missing material", "contamination", "discoloration", "misplaced material", "foreign material"}
+
 
 
 @dataclass
@@ -91,7 +90,7 @@ class Phrasebook:
             self.answers[intent] = {k: [env.from_string(a) for a in answers[k]] for k in ("anomalous", "normal")}
         self.mmad = _mmad_phrases(data.get("mmad"), conversations)
         self.mmad_phrasing = load_phrasing()
-        self.products, self.notes, self.kind_names = _note_phrases(data, conversations)
+        self.products, self.notes, self.kind_names = note_phrases(data, conversations)
 
 
 def _texts(value, where: str) -> list[str]:
@@ -121,27 +120,6 @@ def _mmad_phrases(data, name: str) -> dict:
         if "{letter}" not in text:
             raise DatasetError(f"{name}: mmad.answers: {text!r} has no {{letter}}")
     return phrases
-
-
-def _pairs(value) -> bool:
-    return isinstance(value, list) and bool(value) and all(
-        isinstance(p, list) and len(p) == 2 and all(isinstance(t, str) and t.strip() for t in p) for p in value)
-
-
-def _note_phrases(data: dict, name: str) -> tuple[list[tuple[str, str]], list[str], dict[str, list[tuple[str, str]]]]:
-    """The product notes' vocabulary: products and each defect kind's names as [one, many], note sentences."""
-    products = data.get("products")
-    if not _pairs(products) or len(products) < 2:
-        raise DatasetError(f"{name}: products must list two or more [one, many] product names")
-    notes = _texts(data.get("notes"), f"{name}: notes")
-    for text in notes:
-        if "{product" not in text.lower():
-            raise DatasetError(f"{name}: notes: {text!r} names no {{product}}")
-    names = data.get("kind_names")
-    missing = [k for k in DEFECT_TYPES if not isinstance(names, dict) or not _pairs(names.get(k))]
-    if missing:
-        raise DatasetError(f"{name}: kind_names needs [one, many] names for {', '.join(missing)}")
-    return [tuple(p) for p in products], notes, {k: [tuple(n) for n in names[k]] for k in DEFECT_TYPES}
 
 
 def _type_phrase(types: list[str]) -> str:
@@ -232,52 +210,6 @@ def _overlaps(region: Region, truth: GroundTruth) -> bool:
     return any(min(x1, b[2]) > max(x0, b[0]) and min(y1, b[3]) > max(y0, b[1]) for b in (r.box for r in truth.regions))
 
 
-class ProductNotes(NamedTuple):
-    product: str
-    """What a product question answers: "a steel washer"."""
-    text: str
-    """The notes the findings carry."""
-    kinds: dict[str, str] = {}
-    """The defect kinds the notes name, each by the name they use ("missing material" -> "a chip")."""
-
-
-TRUE_KIND_IN_NOTES = 0.7
-"""How often notes that name usual defects name the true kind among them: evidence, not the answer key."""
-
-
-def _capital(text: str) -> str:
-    return text[:1].upper() + text[1:]
-
-
-def _listed(words: list[str]) -> str:
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-
-
-def draw_notes(truth: GroundTruth, object_name: str, rng: np.random.Generator, book: Phrasebook,
-               config: ConversationConfig) -> ProductNotes | None:
-    """Product notes as a user writes them for a profile, or None (nothing is drawn at a zero notes_rate)."""
-    if config.notes_rate <= 0 or rng.random() >= config.notes_rate:
-        return None
-    if object_name in GENERIC_OBJECTS:
-        one, many = book.products[rng.integers(len(book.products))]
-    else:
-        one, many = _article(object_name), object_name if object_name.endswith("s") else f"{object_name}s"
-    template = book.notes[rng.integers(len(book.notes))]
-    kinds: list[str] = []
-    names: dict[str, tuple[str, str]] = {}
-    if "{kinds}" in template.lower():
-        others = [k for k in DEFECT_TYPES if k not in truth.defect_types]
-        kinds = [str(k) for k in rng.choice(others, size=int(rng.integers(1, 4)), replace=False)]
-        if truth.defect_types and rng.random() < TRUE_KIND_IN_NOTES:
-            kinds[0] = truth.defect_types[0]
-        kinds = [kinds[i] for i in rng.permutation(len(kinds))]
-        names = {k: book.kind_names[k][rng.integers(len(book.kind_names[k]))] for k in kinds}
-    named = _listed([names[k][1] for k in kinds]) if kinds else ""
-    text = template.format(product=one, Product=_capital(one), products=many, Products=_capital(many),
-                           kinds=named, Kinds=_capital(named))
-    return ProductNotes(one, text, {k: names[k][0] for k in kinds})
-
-
 def mmad_available(truth: GroundTruth, findings: Findings, notes: ProductNotes | None = None) -> list[str]:
     """The MMAD question types whose answer the findings block supports for this sample.
 
@@ -294,10 +226,6 @@ def mmad_available(truth: GroundTruth, findings: Findings, notes: ProductNotes |
     if notes is not None:
         kinds.append("mmad_product")
     return kinds
-
-
-def _article(text: str) -> str:
-    return text if text in _MASS_NOUNS else f"{'an' if text[0] in 'aeiou' else 'a'} {text}"
 
 
 def _bare(name: str) -> str:

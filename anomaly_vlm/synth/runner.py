@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from ..errors import DatasetError
 from ..files import write_json, write_png, sweep_temporaries
 from ..io import NORMAL_DEFECT, is_category_root, is_image_file, load_image
-from .conversations import Phrasebook, build_conversation, draw_notes
+from .conversations import Phrasebook, build_conversation
+from .notes import draw_notes
 from .findings import simulate_findings
 from .foreground import estimate_foreground
 from .ground_truth import ground_truth
