@@ -20,6 +20,13 @@ def templates_dir() -> Traversable:
     return resources.files("anomaly_vlm.prompt_files")
 
 
+def text_list(value, where: str) -> list[str]:
+    """A prompts entry that must be a non-empty list of texts; `where` names it in the error."""
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise DatasetError(f"{where}: needs a non-empty list of texts (quote them in the YAML)")
+    return value
+
+
 def load_yaml(name: str | Path) -> dict:
     """A YAML mapping from `prompts/` (by file name) or from any path."""
     path = Path(name) if Path(name).is_absolute() or Path(name).is_file() else templates_dir() / str(name)

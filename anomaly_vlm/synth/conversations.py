@@ -37,17 +37,16 @@ from ..chat_format import first_turn, system_prompt, text_part
 from ..configs import check_share, check_span
 from ..errors import DatasetError
 from ..mmad_questions import MMADQuestion, load_phrasing, phrase_question
-from ..templates import load_yaml
+from ..templates import load_yaml, text_list
 from ..types import Findings, Region
 from ..vocabulary import DEFECT_TYPES, LOCATIONS
 from .ground_truth import GroundTruth
-from .notes import _MASS_NOUNS, ProductNotes, _article, note_phrases
+from .notes import MASS_NOUNS, ProductNotes, note_phrases, with_article
 
 INTENTS = ("detect", "locate", "kind", "describe", "severity", "report")
 MMAD_INTENTS = ("mmad_detection", "mmad_kind", "mmad_location", "mmad_appearance", "mmad_product")
 """MMAD question turns, by the question type they ask (Anomaly Detection, Defect Classification, Defect
 Localization, Defect Description, Object Classification)."""
-
 
 
 @dataclass
@@ -93,18 +92,12 @@ class Phrasebook:
         self.products, self.notes, self.kind_names = note_phrases(data, conversations)
 
 
-def _texts(value, where: str) -> list[str]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
-        raise DatasetError(f"{where}: needs a non-empty list of texts (quote them in the YAML)")
-    return value
-
-
 def _mmad_phrases(data, name: str) -> dict:
     """The `mmad` section: question variants per type, option phrasings, answer forms, distractors."""
     if not isinstance(data, dict):
         raise DatasetError(f"{name}: needs an 'mmad' section (MMAD question phrasings)")
     questions = data.get("questions") or {}
-    phrases = {"questions": {kind: _texts(questions.get(kind), f"{name}: mmad.questions.{kind}")
+    phrases = {"questions": {kind: text_list(questions.get(kind), f"{name}: mmad.questions.{kind}")
                              for kind in ("detection", "kind", "location", "appearance", "product")}}
     pairs = data.get("yes_no")
     if not isinstance(pairs, list) or not pairs or not all(isinstance(p, list) and len(p) == 2 and
@@ -112,7 +105,7 @@ def _mmad_phrases(data, name: str) -> dict:
         raise DatasetError(f"{name}: mmad.yes_no must list [yes, no] option pairs")
     phrases["yes_no"] = pairs
     for key in ("location_options", "answers", "kind_distractors"):
-        phrases[key] = _texts(data.get(key), f"{name}: mmad.{key}")
+        phrases[key] = text_list(data.get(key), f"{name}: mmad.{key}")
     for text in phrases["location_options"]:
         if "{where}" not in text:
             raise DatasetError(f"{name}: mmad.location_options: {text!r} has no {{where}}")
@@ -123,7 +116,7 @@ def _mmad_phrases(data, name: str) -> dict:
 
 
 def _type_phrase(types: list[str]) -> str:
-    words = [t if t in _MASS_NOUNS else f"{'an' if t[0] in 'aeiou' else 'a'} {t}" for t in types]
+    words = [t if t in MASS_NOUNS else f"{'an' if t[0] in 'aeiou' else 'a'} {t}" for t in types]
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
@@ -267,10 +260,10 @@ def mmad_question(kind: str, truth: GroundTruth, findings: Findings, object_name
         article = rng.random() < 0.7
         phrase = (lambda name: name) if article else _bare
         true = set(truth.defect_types)
-        wrong = [phrase(named.get(t) or _article(t)) for t in DEFECT_TYPES if t not in true]
+        wrong = [phrase(named.get(t) or with_article(t)) for t in DEFECT_TYPES if t not in true]
         wrong += [phrase(d) for d in phrases["kind_distractors"]]
         first = truth.defect_types[0]
-        options, letter = _choose(phrase(named.get(first) or _article(first)), wrong, count, rng)
+        options, letter = _choose(phrase(named.get(first) or with_article(first)), wrong, count, rng)
         return MMADQuestion(text, options, letter, "Defect Classification")
     if kind == "mmad_product":
         if notes is None:

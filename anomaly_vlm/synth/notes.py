@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from ..errors import DatasetError
+from ..templates import text_list
 from ..vocabulary import DEFECT_TYPES
 from .ground_truth import GroundTruth
 
@@ -21,11 +22,11 @@ if TYPE_CHECKING:
 
 GENERIC_OBJECTS = ("part", "surface")
 """What procedural recipes call their items when the recipe names no product: notes then name a made-up one."""
-_MASS_NOUNS = {"missing material", "contamination", "discoloration", "misplaced material", "foreign material"}
+MASS_NOUNS = {"missing material", "contamination", "discoloration", "misplaced material", "foreign material"}
 
 
-def _article(text: str) -> str:
-    return text if text in _MASS_NOUNS else f"{'an' if text[0] in 'aeiou' else 'a'} {text}"
+def with_article(text: str) -> str:
+    return text if text in MASS_NOUNS else f"{'an' if text[0] in 'aeiou' else 'a'} {text}"
 
 
 def _pairs(value) -> bool:
@@ -38,9 +39,7 @@ def note_phrases(data: dict, name: str) -> tuple[list[tuple[str, str]], list[str
     products = data.get("products")
     if not _pairs(products) or len(products) < 2:
         raise DatasetError(f"{name}: products must list two or more [one, many] product names")
-    notes = data.get("notes")
-    if not isinstance(notes, list) or not notes or not all(isinstance(v, str) and v.strip() for v in notes):
-        raise DatasetError(f"{name}: notes: needs a non-empty list of texts (quote them in the YAML)")
+    notes = text_list(data.get("notes"), f"{name}: notes")
     for text in notes:
         if "{product" not in text.lower():
             raise DatasetError(f"{name}: notes: {text!r} names no {{product}}")
@@ -80,7 +79,7 @@ def draw_notes(truth: GroundTruth, object_name: str, rng: np.random.Generator, b
     if object_name in GENERIC_OBJECTS:
         one, many = book.products[rng.integers(len(book.products))]
     else:
-        one, many = _article(object_name), object_name if object_name.endswith("s") else f"{object_name}s"
+        one, many = with_article(object_name), object_name if object_name.endswith("s") else f"{object_name}s"
     template = book.notes[rng.integers(len(book.notes))]
     kinds: list[str] = []
     names: dict[str, tuple[str, str]] = {}

@@ -26,10 +26,10 @@ from ..errors import DatasetError
 from ..files import write_json, write_png, sweep_temporaries
 from ..io import NORMAL_DEFECT, is_category_root, is_image_file, load_image
 from .conversations import Phrasebook, build_conversation
-from .notes import draw_notes
 from .findings import simulate_findings
 from .foreground import estimate_foreground
 from .ground_truth import ground_truth
+from .notes import draw_notes
 from .recipe import Recipe
 from .simulators import SimulationContext, simulate, visible_change
 from .textures import FolderTextures, ProceduralTextures, TextureSource, procedural_normal
