@@ -249,10 +249,34 @@ def test_a_kind_the_notes_name_is_offered_under_their_name():
     findings = simulate_findings(truth, image.shape[1::-1], np.random.default_rng(0), image=image, mask=mask)
     notes = ProductNotes("a glass jar", "Glass jars. Chips and stains are the usual defects.",
                          {"missing material": "a chip", "stain": "a stain"})
-    for seed in range(20):
+    rivals = 0
+    for seed in range(40):
         asked = mmad_question("mmad_kind", truth, findings, "part", np.random.default_rng(seed), book,
                               ConversationConfig(), notes)
         assert asked.options[asked.answer] in ("a chip", "chip")
         assert not {"missing material", "material"} & set(asked.options.values())
+        rivals += bool({"a stain", "stain"} & set(asked.options.values()))
+    # the notes' other kind is a usual distractor (one of ~16 otherwise), never always there
+    assert 0.4 < rivals / 40 < 0.85
     plain = mmad_question("mmad_kind", truth, findings, "part", np.random.default_rng(0), book, ConversationConfig())
     assert plain.options[plain.answer] == "missing material"
+
+
+def test_free_answers_name_the_product_and_the_kind_by_the_notes_words():
+    from .test_synth_data import _sample
+    from anomaly_vlm.synth.findings import simulate_findings
+    from anomaly_vlm.synth.ground_truth import ground_truth
+
+    book = Phrasebook()
+    normal, image, mask = _sample(True)
+    truth = ground_truth(normal, image, mask, ["missing material"])
+    findings = simulate_findings(truth, image.shape[1::-1], np.random.default_rng(0), image=image, mask=mask)
+    notes = ProductNotes("a glass jar", "Glass jars. Chips are the usual defect.", {"missing material": "a chip"})
+    config = ConversationConfig(turns=(3, 3))
+    answers = []
+    for seed in range(20):
+        messages, _ = build_conversation(truth, findings, "part", np.random.default_rng(seed), book, config, notes)
+        answers += [m["content"][-1]["text"] for m in messages if m["role"] == "assistant"]
+    free = " ".join(answers).lower()
+    assert "a chip" in free and "glass jar" in free
+    assert "missing material" not in free and "the part is" not in free

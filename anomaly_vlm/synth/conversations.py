@@ -16,8 +16,10 @@ answer it supports.
 
 With `notes_rate` > 0, findings carry product notes as a product profile's do: the
 product (the recipe's, or one drawn from `products` in prompts/conversations.yaml) and
-often its usual defect kinds, mostly but not always including the true one. So the
-model learns to read a user's notes as evidence, not as the answer key.
+often its usual defect kinds, mostly but not always including the true one; a kind
+question then often offers the notes' other kinds too, as MMAD offers a product's
+plausible kinds. So the model learns to read a user's notes as evidence, not as the
+answer key. Free answers name the product and the kinds by the notes' words.
 Defect kind, which no findings field names, is asked only when the strongest proposed
 region is a true one of a single-kind defect, so its look is the evidence. A
 conversation whose findings disagree with the ground truth is all MMAD or all free, so
@@ -41,7 +43,7 @@ from ..templates import load_yaml, text_list
 from ..types import Findings, Region
 from ..vocabulary import DEFECT_TYPES, LOCATIONS
 from .ground_truth import GroundTruth
-from .notes import MASS_NOUNS, ProductNotes, note_phrases, with_article
+from .notes import NOTES_RIVAL_RATE, ProductNotes, note_phrases, with_article
 
 INTENTS = ("detect", "locate", "kind", "describe", "severity", "report")
 MMAD_INTENTS = ("mmad_detection", "mmad_kind", "mmad_location", "mmad_appearance", "mmad_product")
@@ -115,9 +117,16 @@ def _mmad_phrases(data, name: str) -> dict:
     return phrases
 
 
-def _type_phrase(types: list[str]) -> str:
-    words = [t if t in MASS_NOUNS else f"{'an' if t[0] in 'aeiou' else 'a'} {t}" for t in types]
+def _type_phrase(types: list[str], named: dict[str, str]) -> str:
+    """The kinds with their articles, each by the notes' name for it where they give one."""
+    words = [named.get(t) or with_article(t) for t in types]
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _bare(name: str) -> str:
+    """A kind's name without its article ("a chip" -> "chip"; "missing material" stays)."""
+    first, _, rest = name.partition(" ")
+    return rest if first in ("a", "an") and rest else name
 
 
 def _looks(truth: GroundTruth, findings: Findings) -> str:
@@ -139,14 +148,16 @@ def _looks(truth: GroundTruth, findings: Findings) -> str:
     return best[1].describe() if best[0] > 0 else ""
 
 
-def _variables(truth: GroundTruth, findings: Findings, object_name: str) -> dict:
+def _variables(truth: GroundTruth, findings: Findings, object_name: str, notes: ProductNotes | None = None) -> dict:
+    """Template variables; with notes, the product and the kinds go by the notes' words, as their writer would say them."""
     spurious = [r.location for r in findings.regions if not truth.anomalous]
     box = truth.regions[0].box_norm if truth.regions else (0, 0, 0, 0)
     locations = truth.locations
+    named = notes.kinds if notes else {}
     return {
-        "object": object_name,
+        "object": _bare(notes.product) if notes else object_name,
         "types": truth.defect_types,
-        "type_phrase": _type_phrase(truth.defect_types) if truth.defect_types else "",
+        "type_phrase": _type_phrase(truth.defect_types, named) if truth.defect_types else "",
         "locations": locations,
         "location_phrase": " and ".join(locations),
         "count": len(truth.regions),
@@ -187,10 +198,16 @@ def _look_variants(attributes: RegionAttributes) -> list[RegionAttributes]:
     return variants
 
 
-def _choose(correct: str, distractors: list[str], count: int, rng: np.random.Generator) -> tuple[dict[str, str], str]:
-    """Lettered options (A, B, ...): `correct` among up to count - 1 distinct distractors, shuffled; its letter."""
-    pool = [d for d in dict.fromkeys(distractors) if d != correct]
-    picked = [pool[i] for i in rng.choice(len(pool), size=min(count - 1, len(pool)), replace=False)] if pool else []
+def _choose(correct: str, distractors: list[str], count: int, rng: np.random.Generator,
+            rivals: list[str] = ()) -> tuple[dict[str, str], str]:
+    """Lettered options (A, B, ...): `correct` among up to count - 1 distinct distractors, shuffled; its letter.
+
+    `rivals` are offered first (up to count - 1 of them), the rest drawn from `distractors`.
+    """
+    first = [r for r in dict.fromkeys(rivals) if r != correct][: count - 1]
+    pool = [d for d in dict.fromkeys(distractors) if d != correct and d not in first]
+    size = min(count - 1 - len(first), len(pool))
+    picked = first + ([pool[i] for i in rng.choice(len(pool), size=size, replace=False)] if size > 0 else [])
     choices = [correct] + picked
     order = rng.permutation(len(choices))
     choices = [choices[i] for i in order]
@@ -219,12 +236,6 @@ def mmad_available(truth: GroundTruth, findings: Findings, notes: ProductNotes |
     if notes is not None:
         kinds.append("mmad_product")
     return kinds
-
-
-def _bare(name: str) -> str:
-    """A kind's name without its article ("a chip" -> "chip"; "missing material" stays)."""
-    first, _, rest = name.partition(" ")
-    return rest if first in ("a", "an") and rest else name
 
 
 def mmad_question(kind: str, truth: GroundTruth, findings: Findings, object_name: str, rng: np.random.Generator,
@@ -262,8 +273,9 @@ def mmad_question(kind: str, truth: GroundTruth, findings: Findings, object_name
         true = set(truth.defect_types)
         wrong = [phrase(named.get(t) or with_article(t)) for t in DEFECT_TYPES if t not in true]
         wrong += [phrase(d) for d in phrases["kind_distractors"]]
+        rivals = [phrase(name) for kind, name in named.items() if kind not in true and rng.random() < NOTES_RIVAL_RATE]
         first = truth.defect_types[0]
-        options, letter = _choose(phrase(named.get(first) or with_article(first)), wrong, count, rng)
+        options, letter = _choose(phrase(named.get(first) or with_article(first)), wrong, count, rng, rivals)
         return MMADQuestion(text, options, letter, "Defect Classification")
     if kind == "mmad_product":
         if notes is None:
@@ -319,7 +331,7 @@ def build_conversation(truth: GroundTruth, findings: Findings, object_name: str,
         intents[-1] = "report"
     if config.mmad_rate > 0:  # no draws otherwise: recipes without MMAD turns give the conversations they gave
         intents = _plan(intents, truth, findings, notes, rng, config)
-    variables = _variables(truth, findings, object_name)
+    variables = _variables(truth, findings, object_name, notes)
     state = "anomalous" if truth.anomalous else "normal"
     messages = [{"role": "system", "content": [text_part(book.system)]}] if config.system_prompt else []
     for turn, intent in enumerate(intents):

@@ -59,8 +59,13 @@ class ProductNotes(NamedTuple):
     """The defect kinds the notes name, each by the name they use ("missing material" -> "a chip")."""
 
 
-TRUE_KIND_IN_NOTES = 0.7
+TRUE_KIND_IN_NOTES = 0.8
 """How often notes that name usual defects name the true kind among them: evidence, not the answer key."""
+NOTES_RIVAL_RATE = 0.6
+"""How often each other kind the notes name is among a kind question's options.
+
+MMAD's options are plausible kinds of the same product, so the product's other usual
+defects are the distractors to tell apart, by the region's look."""
 
 
 def _capital(text: str) -> str:
