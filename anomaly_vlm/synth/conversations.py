@@ -43,7 +43,7 @@ from ..templates import load_yaml, text_list
 from ..types import Findings, Region
 from ..vocabulary import DEFECT_TYPES, LOCATIONS
 from .ground_truth import GroundTruth
-from .notes import NOTES_RIVAL_RATE, ProductNotes, note_phrases, with_article
+from .notes import NOTES_RIVAL_RATE, ProductNotes, listed, note_phrases, with_article
 
 INTENTS = ("detect", "locate", "kind", "describe", "severity", "report")
 MMAD_INTENTS = ("mmad_detection", "mmad_kind", "mmad_location", "mmad_appearance", "mmad_product")
@@ -119,8 +119,7 @@ def _mmad_phrases(data, name: str) -> dict:
 
 def _type_phrase(types: list[str], named: dict[str, str]) -> str:
     """The kinds with their articles, each by the notes' name for it where they give one."""
-    words = [named.get(t) or with_article(t) for t in types]
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    return listed([named.get(t) or with_article(t) for t in types])
 
 
 def _bare(name: str) -> str:

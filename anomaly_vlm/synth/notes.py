@@ -72,7 +72,8 @@ def _capital(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _listed(words: list[str]) -> str:
+def listed(words: list[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
@@ -95,7 +96,7 @@ def draw_notes(truth: GroundTruth, object_name: str, rng: np.random.Generator, b
             kinds[0] = truth.defect_types[0]
         kinds = [kinds[i] for i in rng.permutation(len(kinds))]
         names = {k: book.kind_names[k][rng.integers(len(book.kind_names[k]))] for k in kinds}
-    named = _listed([names[k][1] for k in kinds]) if kinds else ""
+    named = listed([names[k][1] for k in kinds]) if kinds else ""
     text = template.format(product=one, Product=_capital(one), products=many, Products=_capital(many),
                            kinds=named, Kinds=_capital(named))
     return ProductNotes(one, text, {k: names[k][0] for k in kinds})
