@@ -1,6 +1,10 @@
 """The assistant with tiny random models: prompts, streaming, LoRA tuning, adapters, dialogue checks, evaluation."""
 
 import json
+import logging
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -260,3 +264,18 @@ def test_missing_models_and_cpu_qlora_give_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setattr("anomaly_vlm.assistant.backends.resolve_model", lambda spec, what: None)
     with pytest.raises(AnomalyVLMError, match="needs a CUDA GPU"):
         load_model(AssistantOptions(model="any/model", quantize=True))
+
+
+def test_bitsandbytes_offline_kernel_notice_is_dropped_and_its_other_warnings_kept(caplog):
+    import anomaly_vlm.assistant  # noqa: F401  (installs the filter)
+
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING):
+        log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ...", "hub unreachable")
+        log.warning("another bitsandbytes warning")
+    assert [r.getMessage() for r in caplog.records] == ["another bitsandbytes warning"]
+    # importing peft (which imports bitsandbytes) after the package prints no such notice
+    run = subprocess.run([sys.executable, "-c", "import anomaly_vlm.assistant, peft"], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "gemm_4bit_forward" not in run.stderr
