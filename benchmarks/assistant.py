@@ -45,7 +45,8 @@ def measure(assistant, tokens: int) -> tuple[float, float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="text model (default: the embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--adapter", help="LoRA adapter folder written by `tune`")
+    parser.add_argument("--adapter", help="LoRA adapter folder written by `tune`; 'none' for the bare model "
+                        "(default: the embedded model's shipped adapter, merged into the weights)")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     parser.add_argument("--tokens", type=int, default=64, help="tokens generated per answer")
     parser.add_argument("--repeats", type=int, default=3)
