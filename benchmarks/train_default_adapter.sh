@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 runs=${1:-runs/default-adapter}
 recipe=data_recipes/assistant_adapter.yaml
 target=anomaly_vlm/adapters/default
-version=${VERSION:-0.4.0}
+version=${VERSION:-0.5.0}
 rank=8; max_length=512; seed=0; lr=6e-4
 
 timed() { local start=$SECONDS; "$@"; echo "[$(( SECONDS - start )) s] $*" >&2; }

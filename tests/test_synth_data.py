@@ -1,5 +1,7 @@
 """Ground truth, simulated findings and conversations of synthesized samples."""
 
+import re
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -102,7 +104,7 @@ def test_conversations_answer_from_truth_and_render_through_a_chat_template(defe
         rng = np.random.default_rng(seed)
         findings = simulate_findings(truth, (120, 90), rng)
         messages, intents = build_conversation(truth, findings, "bottle", rng, book, ConversationConfig(turns=(2, 5)))
-        assert intents[0] == "detect" and len(intents) == (len(messages) - 1) // 2
+        assert intents[0] in ("detect", "explain") and len(intents) == (len(messages) - 1) // 2
         assert messages[0]["role"] == "system"
         assert messages[1]["content"][0] == {"type": "image"} and "<findings>" in messages[1]["content"][1]["text"]
         assert [m["role"] for m in messages[1:]] == ["user", "assistant"] * ((len(messages) - 1) // 2)
@@ -128,3 +130,52 @@ def test_config_from_dict_names_the_key_and_the_fix():
     assert config.turns == (1, 3)
     with pytest.raises(ConfigError, match="expected 2 items"):
         from_dict(ConversationConfig, {"turns": [1, 2, 3]}, "conversation")
+
+
+def _free_answers(messages: list[dict]) -> str:
+    return " ".join(m["content"][0]["text"] for m in messages if m["role"] == "assistant")
+
+
+def test_explanations_cite_the_findings_score_and_are_asked_only_where_the_findings_are_right():
+    book = Phrasebook()
+    truth = ground_truth(*_sample(True), ["scratch"])
+    found = Findings(0.81, 0.45, [r for r in truth.regions])
+    missed = Findings(0.2, 0.45, [])
+    explained = 0
+    for seed in range(40):
+        messages, intents = build_conversation(truth, found, "bottle", np.random.default_rng(seed), book,
+                                               ConversationConfig(turns=(1, 1)))
+        if intents == ["explain"]:
+            explained += 1
+            answer = _free_answers(messages)
+            assert "0.81" in answer and "0.45" in answer and "scratch" in answer
+            assert answer.startswith(("Yes", "It does not pass", "The bottle is defective"))
+        missed_intents = build_conversation(truth, missed, "bottle", np.random.default_rng(seed), book,
+                                            ConversationConfig(turns=(1, 1))).intents
+        assert missed_intents == ["detect"]  # an explanation would cite 0.20 as the reason for a defect
+    assert 10 <= explained <= 30
+    good = ground_truth(*_sample(False), [])
+    for seed in range(10):
+        messages, intents = build_conversation(good, Findings(0.12, 0.45, []), "bottle", np.random.default_rng(seed),
+                                               book, ConversationConfig(turns=(1, 1)))
+        if intents == ["explain"]:
+            answer = _free_answers(messages)
+            assert "0.12" in answer and ("below" in answer or "under" in answer) and ("passes" in answer or "normal" in answer)
+
+
+@pytest.mark.parametrize("grounding", ["image", "findings"])
+def test_a_text_model_is_never_taught_to_overrule_findings_it_cannot_check(grounding):
+    book = Phrasebook()
+    truth = ground_truth(*_sample(True), ["scratch"])
+    missed = Findings(0.2, 0.45, [])
+    config = ConversationConfig(turns=(2, 3), grounding=grounding)
+    for seed in range(20):
+        messages, intents = build_conversation(truth, missed, "bottle", np.random.default_rng(seed), book, config)
+        answers = _free_answers(messages)
+        if grounding == "image":  # a VLM sees the scratch the localizer missed: the truth answers
+            assert intents[0] == "detect" and "scratch" in answers
+        else:  # only MMAD questions, which follow the findings: "No" to detection
+            assert set(intents) == {"mmad_detection"} and "scratch" not in answers
+            assert re.fullmatch(r"No[^()]*\([AB]\)", answers)
+    with pytest.raises(ConfigError, match="grounding"):
+        from_dict(ConversationConfig, {"grounding": "text"}, "conversation")

@@ -3,7 +3,13 @@
 Messages use the chat format of transformers and TRL: each message has a role and a
 list of content parts, `{"type": "image"}` or `{"type": "text", "text": ...}`. The first
 user turn carries the image and the findings block; the answers come from the ground
-truth, never from the findings, so the model learns to check proposals, not echo them.
+truth, never from the findings, so a model that sees the image learns to check proposals,
+not echo them. A text model sees only the findings: for it (`grounding: findings`) a
+conversation whose findings are wrong is asked only MMAD questions, which follow the
+findings, since overruling them on evidence it cannot see teaches it to contradict a
+strong localizer at random. A conversation opens by asking whether the part is defective,
+or that with where and why (`explain`: the answer cites the findings' score and the
+region's measured look, and is asked only where the findings agree with the truth).
 
 With `mmad_rate` > 0, turns are also MMAD's multiple-choice questions (github
 jam-cc/MMAD), in exactly the prompt shape evaluation asks them (`anomaly_vlm.mmad_questions`,
@@ -29,7 +35,7 @@ no two of its answers contradict each other.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jinja2
 import numpy as np
@@ -41,11 +47,13 @@ from ..errors import DatasetError
 from ..mmad_questions import MMADQuestion, load_phrasing, phrase_question
 from ..templates import load_yaml, text_list
 from ..types import Findings, Region
-from ..vocabulary import DEFECT_TYPES, LOCATIONS
+from ..vocabulary import DEFECT_TYPES, LOCATIONS, score_text
 from .ground_truth import GroundTruth
 from .notes import NOTES_RIVAL_RATE, ProductNotes, listed, note_phrases, with_article
 
-INTENTS = ("detect", "locate", "kind", "describe", "severity", "report")
+INTENTS = ("detect", "explain", "locate", "kind", "describe", "severity", "report")
+OPENERS = ("detect", "explain")
+"""What a conversation opens with: is it defective, or that with where and why."""
 MMAD_INTENTS = ("mmad_detection", "mmad_kind", "mmad_location", "mmad_appearance", "mmad_product")
 """MMAD question turns, by the question type they ask (Anomaly Detection, Defect Classification, Defect
 Localization, Defect Description, Object Classification)."""
@@ -62,6 +70,11 @@ class ConversationConfig:
         "help": "fewest and most options of a non-Yes/No MMAD question"})
     notes_rate: float = field(default=0.0, metadata={
         "help": "chance that the findings carry product notes naming the product and often its usual defects"})
+    grounding: Literal["image", "findings"] = field(default="image", metadata={
+        "help": "what the trained model can check answers against. image (a VLM sees the part): free answers "
+                "come from the ground truth, even where the simulated localizer is wrong. findings (a text model "
+                "reads only the findings block): where the findings disagree with the truth, only MMAD questions "
+                "(which follow the findings) are asked, so no answer overrules evidence the model cannot see"})
 
     def __post_init__(self) -> None:
         # recipe.load_recipe reports a ConfigError with the recipe file named
@@ -165,6 +178,8 @@ def _variables(truth: GroundTruth, findings: Findings, object_name: str, notes: 
         "box": "[" + ", ".join(f"{v:.2f}" for v in box) + "]",
         "false_alarm_location": spurious[0] if spurious else "",
         "looks": _looks(truth, findings),
+        "score": score_text(findings.image_score),
+        "threshold": score_text(findings.threshold),
     }
 
 
@@ -293,9 +308,8 @@ def _plan(intents: list[str], truth: GroundTruth, findings: Findings, notes: Pro
           rng: np.random.Generator, config: ConversationConfig) -> list[str]:
     """Which free turns become MMAD questions (each type once at most)."""
     available = mmad_available(truth, findings, notes)
-    agree = findings.anomalous == truth.anomalous
-    if not agree:  # the free answers (ground truth) and MMAD's (findings) would contradict: one kind only
-        if rng.random() >= config.mmad_rate:
+    if findings.anomalous != truth.anomalous:  # free answers (ground truth) and MMAD's (findings) would contradict
+        if config.grounding == "image" and rng.random() >= config.mmad_rate:
             return intents
         chosen = rng.permutation(available).tolist()
         return [str(k) for k in chosen[: len(intents)]]
@@ -324,11 +338,15 @@ def build_conversation(truth: GroundTruth, findings: Findings, object_name: str,
     """
     low, high = config.turns
     count = int(rng.integers(low, high + 1))
-    follow_ups = [i for i in INTENTS[1:] if i != "report"]
-    intents = ["detect"] + list(rng.choice(follow_ups, size=min(count - 1, len(follow_ups)), replace=False))
+    agree = findings.anomalous == truth.anomalous
+    # An explanation cites the findings' score as the reason for the truth's verdict: only where the two agree.
+    openers = OPENERS if agree else ("detect",)
+    follow_ups = [i for i in INTENTS if i not in OPENERS and i != "report"]
+    intents = [str(rng.choice(openers))] + list(rng.choice(follow_ups, size=min(count - 1, len(follow_ups)),
+                                                           replace=False))
     if count > 1 and rng.random() < config.report_rate:
         intents[-1] = "report"
-    if config.mmad_rate > 0:  # no draws otherwise: recipes without MMAD turns give the conversations they gave
+    if config.mmad_rate > 0 or (config.grounding == "findings" and not agree):
         intents = _plan(intents, truth, findings, notes, rng, config)
     variables = _variables(truth, findings, object_name, notes)
     state = "anomalous" if truth.anomalous else "normal"
