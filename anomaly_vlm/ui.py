@@ -307,7 +307,7 @@ def build_ui(app: InspectionApp):
                     findings = gr.Dataframe(headers=FINDINGS_HEADERS, label="Findings", interactive=False)
             chatbot = gr.Chatbot(label="Assistant", height=360, elem_id="chat")
             with gr.Row():
-                question = gr.Textbox(placeholder="Is anything wrong? Where? What kind? How bad?", show_label=False,
+                question = gr.Textbox(placeholder="Is anything wrong, where, and why?", show_label=False,
                                       scale=4, elem_id="question")
                 ask_button = gr.Button("Ask", scale=1, elem_id="ask")
             with gr.Row():

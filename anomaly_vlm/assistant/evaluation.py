@@ -69,7 +69,7 @@ def evaluate_chat(assistant: Assistant, dataset, settings: GenerationSettings = 
             answer = "".join(assistant.stream(messages[: position + 1], images, settings)).strip()
             flags = contradictions(answer, findings)
             tallies["contradiction_rate"].add(bool(flags))
-            if intent == "detect":
+            if intent in ("detect", "explain"):  # an explanation opens with the verdict too
                 verdict = says_anomalous(answer)
                 tallies["detection_accuracy"].add(verdict is anomalous)
                 if not anomalous:
