@@ -7,7 +7,7 @@ question about each image, and measures each answer:
 
 - verdict: the defective/normal the answer states, against the label (balanced
   accuracy; chance 0.5) and against the localizer's PASS/FAIL (agreement);
-- contradictions: answers `answer_flags` flags (a strong region called normal, a place
+- contradictions: answers the dialogue checks flag (a strong region called normal, a place
   where no region is) and answers that loop;
 - why: answers that cite the findings' image score or the strongest region's look, and
   answers that quote a number the findings block does not hold;
@@ -29,21 +29,22 @@ import time
 import numpy as np
 
 from anomaly_vlm.assistant.backends import AssistantOptions, GenerationSettings, describe_assistant
-from anomaly_vlm.assistant.dialogue import answer_flags, named_locations, repeats_itself, says_anomalous
+from anomaly_vlm.assistant.dialogue import named_locations, repeats_itself, says_anomalous
 from anomaly_vlm.assistant.mmad import spread
 from anomaly_vlm.inspector import Inspector, InspectorConfig, attach_image
 from anomaly_vlm.io import collect_samples, load_image, load_mask, read_category
 from anomaly_vlm.localizer import ScorerOptions
-from anomaly_vlm.vocabulary import LOCATIONS, score_text
+from anomaly_vlm.proposals import grid_location
+from anomaly_vlm.vocabulary import score_text
 
 QUESTION = "Is anything wrong, where, and why?"
 
 
 def covered_cells(mask: np.ndarray) -> set[str]:
-    """The 3x3 grid cells (LOCATIONS words) holding any defect pixel."""
+    """The 3x3 grid cells (location words, as regions are named) holding any defect pixel."""
     height, width = mask.shape
     rows, columns = np.nonzero(mask)
-    return {LOCATIONS[3 * min(3 * r // height, 2) + min(3 * c // width, 2)] for r, c in zip(rows, columns)}
+    return {grid_location(c, r, width, height) for r, c in zip(rows, columns)}
 
 
 def cites_evidence(answer: str, inspection) -> bool:
@@ -92,10 +93,7 @@ def main() -> None:
     rows = []
     for sample, inspection in zip(run.scored, run.inspections):
         attach_image(inspection, load_image(sample.sample.path))  # the regions' measured looks, as `chat` shows them
-        dialogue = inspector.dialogue(inspection)
-        for _ in dialogue.ask(args.question):
-            pass
-        answer, flags = dialogue.turns[-1].answer, answer_flags(dialogue.turns[-1].answer, inspection.findings)
+        answer, flags = inspector.explain(inspection, args.question)
         label, stated = sample.sample.label, says_anomalous(answer)
         row = {"image": str(sample.sample.path), "label": label, "verdict": inspection.verdict,
                "score": round(inspection.image_score, 4), "answer": answer, "stated": stated, "flags": flags,

