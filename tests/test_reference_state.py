@@ -122,3 +122,19 @@ def test_the_bank_keeps_its_coreset_share_and_still_finds_the_blemish(references
     assert scores[1] > scores[0]
     with pytest.raises(ValueError, match="coreset_ratio"):
         ReferenceScorer(SOURCE, ReferenceConfig(coreset_ratio=0.0))
+
+
+def test_a_bank_fitted_before_gain_normalization_still_scores_as_it_was_fitted():
+    """Banks from before the option carry no `feature_gain`: the source they describe keeps the gain off."""
+    from anomaly_vlm.localizer import BuiltinFeatures
+
+    old_source = build_feature_source("builtin", image_size=SIZE, grid_size=16, gain=False)
+    old = ReferenceScorer(old_source, CONFIG, progress=False).fit([_part(seed) for seed in range(3)])
+    tensors, meta = old.state()
+    assert "feature_gain" not in meta["source"]
+    rebuilt = BuiltinFeatures.described(meta["source"])
+    assert rebuilt.config.gain is False
+    restored = ReferenceScorer.from_state(rebuilt, tensors, meta, progress=False)
+    np.testing.assert_array_equal(restored.score([_part(7)]).image_score, old.score([_part(7)]).image_score)
+    with pytest.raises(CheckpointError, match="feature_gain: bank None, now True"):
+        ReferenceScorer.from_state(build_feature_source("builtin", image_size=SIZE, grid_size=16), tensors, meta)

@@ -330,3 +330,37 @@ def test_builtin_responses_keep_a_tall_image_tall():
     responses, _ = _reference_features(source, images)
     assert source.responses(images).shape == (2, 33, 150, 64)
     assert torch.allclose(source.responses(images), responses, atol=1e-5)
+
+
+def _exposed(seed: int, exposure: float, defect: tuple[int, int] | None = None, lit: bool = False) -> Image.Image:
+    """A part as a camera whose exposure drifted sees it; `lit`: with a saturated strip along the top."""
+    array = textured_image(np.random.default_rng(seed), SIZE) * exposure
+    if defect:
+        y, x = defect
+        array[y : y + 12, x : x + 12] *= 0.6
+    if lit:
+        array[:8] = 255
+    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+
+
+def test_gain_normalization_removes_exposure_and_ignores_saturated_pixels():
+    source = BuiltinFeatures(BuiltinFeatureConfig(image_size=SIZE, grid_size=24))
+    dim, bright = source.preprocess(_exposed(0, 0.9, lit=True)), source.preprocess(_exposed(0, 1.1, lit=True))
+    assert float((dim[:, 8:] - bright[:, 8:]).abs().mean()) < 0.01  # the same part, two exposures: the same input
+    # the lit strip is a third of the pixels above mid-grey, yet the median is the part's own
+    assert float(dim[:, 8:].mean(dim=0).median()) == pytest.approx(0.5, abs=0.01)
+    raw = BuiltinFeatures(BuiltinFeatureConfig(image_size=SIZE, grid_size=24, gain=False))
+    assert float((raw.preprocess(_exposed(0, 0.9, lit=True)) - raw.preprocess(_exposed(0, 1.1, lit=True)))[:, 8:].abs().mean()) > 0.05
+    assert raw.describe().get("feature_gain") is None and source.describe()["feature_gain"] is True
+
+
+@pytest.mark.parametrize("gain", [True, False])
+def test_a_lighting_drift_after_the_references_is_not_a_defect_with_gain_normalization(gain):
+    """References shot at one exposure, the line later 25 % brighter: only the darkened patch should be a defect."""
+    source = BuiltinFeatures(BuiltinFeatureConfig(image_size=SIZE, grid_size=24, gain=gain))
+    scorer = ReferenceScorer(source, ReferenceConfig(neighbourhoods=(1, 3), augmentations=()), progress=False)
+    scorer.fit([_exposed(seed, 1.0) for seed in range(10, 14)])
+    scores = scorer.score([_exposed(1, 1.25), _exposed(2, 1.25, defect=(40, 40)), _exposed(3, 1.25)]).image_score
+    assert scores[1] > 0.99
+    good = scores[[0, 2]]
+    assert (good.max() < 0.3) if gain else (good.min() > 0.9)  # without the gain every good part looks defective

@@ -169,6 +169,7 @@ LOCALIZER = [Option(ScorerOptions, "mode"), *BACKBONE, Option(ScorerOptions, "pr
              Option(InputOptions, "product"), Option(ScorerOptions, "batch_size"), Option(ScorerOptions, "keep_aspect"),
              Option(BuiltinFeatureConfig, "image_size", "--builtin-size"),
              Option(BuiltinFeatureConfig, "grid_size", "--builtin-grid"),
+             Option(BuiltinFeatureConfig, "gain", "--builtin-gain"),
              Option(ScorerOptions, "image_score"),
              Option(FusionConfig, "weights", "--fusion-weights", parse=fusion_weights),
              Option(VerdictConfig, "threshold", parse=threshold_value),

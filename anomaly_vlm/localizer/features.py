@@ -65,6 +65,25 @@ class BuiltinFeatureConfig:
         "help": "patches along the shorter side; patches are image_size / grid_size wide (finer finds thinner defects)"})
     keep_aspect: bool = field(default=True, metadata={"help": "keep the set's aspect ratio instead of squashing to a square"})
     sigmas: tuple[float, ...] = field(default=(1.0, 2.0, 4.0), metadata={"help": "filter scales in pixels at 256 px"})
+    gain: bool = field(default=True, metadata={
+        "help": "scale each image to one median brightness first, so a lighting change between sessions is not read "
+                "as a defect (banks fitted before this option existed score without it)"})
+
+
+MID_GREY = 0.5
+SATURATED = 254 / 255
+
+
+def normalize_gain(image: torch.Tensor) -> torch.Tensor:
+    """`image` (3, H, W) in 0..1 times the gain that brings its median unsaturated intensity to mid-grey.
+
+    The median ignores what a defect does to a small part of the image, and saturated
+    pixels (a lit background, a glint) say nothing about the exposure. Values are not
+    clipped: clipping after the gain made new edges at every highlight.
+    """
+    intensity = image.mean(dim=0)
+    lit = intensity[intensity < SATURATED]
+    return image * (MID_GREY / (lit if lit.numel() else intensity).median().clamp_min(1 / 255))
 
 
 def _gaussian_derivatives(sigma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -174,7 +193,8 @@ class BuiltinFeatures:
     def described(cls, description: dict) -> BuiltinFeatures:
         """The features a `describe()` names: a bank fitted on them is scored on no others."""
         return cls(BuiltinFeatureConfig(int(description["feature_image_size"]), int(description["feature_grid"]),
-                                        keep_aspect=bool(description.get("keep_aspect", True))))
+                                        keep_aspect=bool(description.get("keep_aspect", True)),
+                                        gain=bool(description.get("feature_gain", False))))
 
     def working_size(self, images: list[Image.Image]) -> tuple[int, int]:
         return working_size(images, self.image_size, self.stride, self.config.keep_aspect)
@@ -182,7 +202,8 @@ class BuiltinFeatures:
     def preprocess(self, image: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
         height, width = size or (self.image_size, self.image_size)
         resized = image.convert("RGB").resize((width, height), Image.BICUBIC)
-        return torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        tensor = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return normalize_gain(tensor) if self.config.gain else tensor
 
     def grid(self, size: tuple[int, int]) -> tuple[int, int]:
         """Patches along each side of a working image: `grid_size` along the shorter side, as many along the other."""
@@ -244,15 +265,18 @@ class BuiltinFeatures:
         return torch.cat(means + spreads, dim=1).float()
 
     def describe(self) -> dict:
-        return {"features": self.name, "feature_image_size": self.image_size, "feature_grid": self.config.grid_size,
-                "keep_aspect": self.config.keep_aspect}
+        """Named with the gain only where it is on, so a bank fitted before the option existed still reads as itself."""
+        described = {"features": self.name, "feature_image_size": self.image_size, "feature_grid": self.config.grid_size,
+                     "keep_aspect": self.config.keep_aspect}
+        return {**described, "feature_gain": True} if self.config.gain else described
 
 
 @register_feature_source("builtin")
-def _builtin(image_size: int | None = None, grid_size: int | None = None, keep_aspect: bool = True, **_) -> BuiltinFeatures:
+def _builtin(image_size: int | None = None, grid_size: int | None = None, keep_aspect: bool = True, gain: bool = True,
+             **_) -> BuiltinFeatures:
     config = BuiltinFeatureConfig()
     return BuiltinFeatures(BuiltinFeatureConfig(image_size or config.image_size, grid_size or config.grid_size,
-                                                keep_aspect=keep_aspect))
+                                                keep_aspect=keep_aspect, gain=gain))
 
 
 class ClipFeatures:
