@@ -198,6 +198,12 @@ def test_contradictions_are_flagged():
     assert flags == ["names the center, where the localizer has regions only at the bottom left, top right"]
     weak = Findings(0.3, 0.5, [])
     assert contradictions("No defect found.", weak) == []
+    review = Findings(0.42, 0.5, FINDINGS.regions[1:], review_threshold=0.35)
+    flags = contradictions("No defect found.", review)
+    assert flags == ["calls the part normal, but its score 0.42 is in the REVIEW band (0.35 to 0.50): "
+                     "the localizer is unsure, and a person should look"]
+    assert contradictions("Yes, there is a stain at the bottom left.", review) == []
+    assert contradictions("No defect found.", Findings(0.3, 0.5, [], review_threshold=0.35)) == []
 
 
 def test_looping_answers_are_flagged():

@@ -1,8 +1,8 @@
 """A conversation about one inspected image: history, streaming, and checks against the findings.
 
 The checks catch the ways an assistant misleads an inspector: calling a part good
-while the localizer holds a strong region, pointing at a place where no region is, and
-looping on one phrase (a small model out of its depth).
+while the localizer holds a strong region or sent it to REVIEW, pointing at a place
+where no region is, and looping on one phrase (a small model out of its depth).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from PIL import Image
 
 from ..chat_format import first_turn, system_prompt, text_part
 from ..types import Findings, Inspection
-from ..vocabulary import LOCATIONS
+from ..vocabulary import LOCATIONS, score_text
 from .backends import Assistant, GenerationSettings
 from .prompting import zoom_crops
 
@@ -51,6 +51,10 @@ def contradictions(answer: str, findings: Findings, strong: float = STRONG_PEAK)
         flags.append(f"says no anomaly, but the localizer scores the image {findings.image_score:.2f} "
                      f"(threshold {findings.threshold:.2f}) with a region at the {strongest.location} "
                      f"(peak {strongest.peak_score:.2f})")
+    elif says_anomalous(answer) is False and findings.verdict == "review":
+        flags.append(f"calls the part normal, but its score {score_text(findings.image_score)} is in the REVIEW band "
+                     f"({score_text(findings.review_threshold)} to {score_text(findings.threshold)}): "
+                     "the localizer is unsure, and a person should look")
     known = {r.location for r in findings.regions}
     unknown = [word for word in named_locations(answer) if word not in known]
     if unknown:
