@@ -103,6 +103,40 @@ def test_killed_run_resumes_to_the_same_weights(images, learned, tmp_path):
     assert weights_digest(resumed.model) == weights_digest(learned[0].model)
 
 
+def test_an_ensemble_averages_its_members_and_resumes_each(images, learned, tmp_path):
+    from anomaly_vlm.localizer.learned_scorer import LearnedEnsemble
+
+    class Killed(Exception):
+        pass
+
+    calls: list[int] = []
+
+    def kill(step: int, loss: float) -> None:
+        calls.append(step)
+        if len(calls) == CONFIG["steps"] + 25:  # member 1 killed after 25 steps; its checkpoint holds 20
+            raise Killed
+
+    config = _config(members=2)
+    with pytest.raises(Killed):
+        learn_product(images, tmp_path, config, progress=False, callback=kill)
+    assert json.loads((tmp_path / f"{CHECKPOINT_DIR}-1" / STATE_JSON).read_text())["step"] == 20
+    steps: list[int] = []
+    ensemble = learn_product(images, tmp_path, config, progress=False, callback=lambda step, loss: steps.append(step))
+    assert steps[0] == 20 and len(steps) == CONFIG["steps"] - 20  # member 0 was done; member 1 went on from 20
+    assert isinstance(ensemble.model, LearnedEnsemble) and len(ensemble.model.members) == 2
+    # member 0 is the single model of the same seed; member 1 is another network
+    assert weights_digest(ensemble.model.members[0]) == weights_digest(learned[0].model)
+    assert weights_digest(ensemble.model.members[1]) != weights_digest(learned[0].model)
+    tensors = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB").resize((64, 80)), dtype=np.float32) / 255)
+                           for im in images[:2]]).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        mean = torch.stack([torch.sigmoid(m(tensors)) for m in ensemble.model.members]).mean(dim=0)[:, 0]
+    np.testing.assert_allclose(ensemble.predict_maps(tensors), mean.numpy(), atol=1e-5)
+    loaded = LearnedScorer.load(tmp_path)
+    np.testing.assert_array_equal(loaded.score(images[:2]).anomaly_map, ensemble.score(images[:2]).anomaly_map)
+    assert loaded.describe()["members"] == 2 and loaded.describe() == ensemble.describe()
+
+
 def test_other_config_does_not_resume(images, tmp_path):
     learn_product(images, tmp_path, _config(steps=10), progress=False)
     steps: list[int] = []

@@ -184,7 +184,7 @@ ENGINE = [Option(EngineConfig, "engine"), Option(RayConfig, "address", "--ray-ad
 """Where batch scoring runs: this process, or a Ray cluster."""
 
 LEARNING = [*(Option(LearnConfig, name, f"--learn-{name.replace('_', '-')}")
-              for name in ("steps", "image_size", "content", "seed", "holdout", "threads")),
+              for name in ("steps", "image_size", "content", "seed", "members", "holdout", "threads")),
             Option(ProductPromptConfig, "epochs", "--learn-prompt-epochs"),
             Option(ProductPromptConfig, "windows_per_image", "--learn-prompt-windows")]
 """Learning a product's own localizer, and its prompts where CLIP loads (the rest keeps the configs' defaults)."""

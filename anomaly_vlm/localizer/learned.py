@@ -13,6 +13,11 @@ Some good images are held out of training. Their image scores calibrate a
 threshold, and simulated defects on them measure the model on data one may tune on
 (`validation` in learned.json), never on the test set.
 
+`members` > 1 trains that many networks with consecutive seeds and averages their
+probability maps. Seeds differ widely on real defects (two of one recipe scored
+KolektorSDD's cracks at pixel AUROC 0.795 and 0.655); with two members its product went
+from 0.857 to 0.891 pixel AUROC, so one seed's luck need not decide a product.
+
 Training is seeded and resumable: the batch of step t is drawn from its own
 generator seeded with (seed, t), and model + optimizer state are checkpointed every
 `checkpoint_every` steps (training_state.py), so a killed run resumes where it
@@ -36,7 +41,7 @@ from tqdm.auto import tqdm
 from ..errors import AnomalyVLMError, CheckpointError
 from ..training_state import load_state, save_state
 from .learned_config import LearnConfig
-from .learned_scorer import LearnedScorer, LearnedSegmenter
+from .learned_scorer import LearnedEnsemble, LearnedScorer, LearnedSegmenter
 from .simulated_defects import STRIDE, DefectSampler, to_array, to_tensor
 from .tiling import working_size
 
@@ -104,33 +109,12 @@ def validate(scorer: LearnedScorer, held: list[np.ndarray], config: LearnConfig)
     return result
 
 
-def learn_product(
-    good_images: list[Image.Image],
-    out_dir: str | Path,
-    config: LearnConfig | None = None,
-    progress: bool = True,
-    callback: Callable[[int, float], None] | None = None,
-) -> LearnedScorer:
-    """Train on `good_images` (some held out), save `learned.safetensors` + `learned.json` in `out_dir`.
-
-    Resumes from `out_dir/checkpoint/` when it holds a checkpoint of the same run.
-    `callback(step, loss)` is called after every step (a test raises from it to
-    simulate a kill).
-    """
-    config = config or LearnConfig()
-    if len(good_images) < 2:
-        raise AnomalyVLMError("learn_product needs at least two good images")
-    out_dir = Path(out_dir)
-    folder = out_dir / CHECKPOINT_DIR
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
-    size = working_size(good_images, config.image_size, STRIDE)
-    arrays = [to_array(im, size) for im in good_images]
-    train_ids, held_ids = _split(len(arrays), config)
-    train, held = [arrays[i] for i in train_ids], [arrays[i] for i in held_ids]
+def _train_member(member: int, train: list[np.ndarray], folder: Path, config: LearnConfig, bar,
+                  callback: Callable[[int, float], None] | None) -> tuple[LearnedSegmenter, dict]:
+    """Train ensemble member `member` (seed `config.seed + member`), resuming from its own checkpoint in `folder`."""
+    seed = config.seed + member
     sampler = DefectSampler(train, config)
-
-    torch.manual_seed(config.seed)
+    torch.manual_seed(seed)
     model = LearnedSegmenter(config.width, config.levels, config.features, config.image_size)
     with torch.no_grad():
         inputs = model.inputs(to_tensor(train))
@@ -138,7 +122,7 @@ def learn_product(
         model.in_std.copy_(inputs.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-4))
         del inputs
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    identity = _identity(config)
+    identity = {**_identity(config), "member": member} if config.members > 1 else _identity(config)
     start, record = 0, {"losses": [], "seconds": 0.0}
     try:
         resumed = load_state(folder, identity, optimizer)
@@ -148,10 +132,10 @@ def learn_product(
         model.load_state_dict(resumed.tensors["model"])
         start, record = resumed.meta["step"], resumed.meta
     model.train()
+    bar.update(start)
     began, seconds_before = time.perf_counter(), float(record.get("seconds", 0.0))
-    bar = tqdm(total=config.steps, initial=start, desc="learning product", unit="step", disable=not progress)
     for step in range(start, config.steps):
-        images, masks = sampler.batch(step, config.seed, config.batch_size)
+        images, masks = sampler.batch(step, seed, config.batch_size)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         loss = segmentation_loss(model(images), masks, config.focal_gamma, config.dice_weight)
@@ -168,17 +152,50 @@ def learn_product(
             save_state(folder, identity, {"model": model.state_dict()}, optimizer, {**record, "step": done})
         if callback is not None:
             callback(step, loss)
-    bar.close()
     record["seconds"] = seconds_before + time.perf_counter() - began if start < config.steps else record["seconds"]
+    return model.eval(), record
 
-    scorer = LearnedScorer(model.eval(), config, size)
+
+def learn_product(
+    good_images: list[Image.Image],
+    out_dir: str | Path,
+    config: LearnConfig | None = None,
+    progress: bool = True,
+    callback: Callable[[int, float], None] | None = None,
+) -> LearnedScorer:
+    """Train on `good_images` (some held out), save `learned.safetensors` + `learned.json` in `out_dir`.
+
+    Resumes from `out_dir/checkpoint/` (member m > 0 of an ensemble: `checkpoint-m/`)
+    when it holds a checkpoint of the same run. `callback(step, loss)` is called after
+    every step (a test raises from it to simulate a kill).
+    """
+    config = config or LearnConfig()
+    if len(good_images) < 2:
+        raise AnomalyVLMError("learn_product needs at least two good images")
+    if config.members < 1:
+        raise AnomalyVLMError(f"learn_product needs at least one ensemble member, got members={config.members}")
+    out_dir = Path(out_dir)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    size = working_size(good_images, config.image_size, STRIDE)
+    arrays = [to_array(im, size) for im in good_images]
+    train_ids, held_ids = _split(len(arrays), config)
+    train, held = [arrays[i] for i in train_ids], [arrays[i] for i in held_ids]
+
+    bar = tqdm(total=config.steps * config.members, desc="learning product", unit="step", disable=not progress)
+    trained = [_train_member(member, train, out_dir / (CHECKPOINT_DIR if member == 0 else f"{CHECKPOINT_DIR}-{member}"),
+                             config, bar, callback) for member in range(config.members)]
+    bar.close()
+    members = [model for model, _ in trained]
+
+    scorer = LearnedScorer(members[0] if len(members) == 1 else LearnedEnsemble(members), config, size)
     holdout_scores = scorer.finish(scorer.predict_maps(to_tensor(held)))[1].tolist() if held else []
     scorer.holdout_scores = np.asarray(holdout_scores)
     scorer.record = {
         "holdout_indices": held_ids,
         "holdout_scores": holdout_scores,
-        "train_seconds": record["seconds"],
-        "losses_every_10": record["losses"][::10],
+        "train_seconds": sum(record["seconds"] for _, record in trained),
+        "losses_every_10": trained[0][1]["losses"][::10],
         "validation": validate(scorer, held, config),
     }
     scorer.save(out_dir)

@@ -51,6 +51,9 @@ class LearnConfig:
     flips: bool = field(default=True, metadata={"help": "random horizontal and vertical flips of training crops"})
     focal_gamma: float = field(default=2.0, metadata={"help": "focal loss exponent"})
     dice_weight: float = field(default=1.0, metadata={"help": "weight of the soft dice loss beside the focal loss"})
+    members: int = field(default=1, metadata={
+        "help": "networks trained with consecutive seeds whose maps are averaged (each adds one training's time); "
+                "one seed's model can be far weaker on real defects than another's"})
     holdout: int = field(default=6, metadata={"help": "good images kept out of training for calibration and validation"})
     validation_per_image: int = field(default=12, metadata={"help": "simulated defects scored per held-out image"})
     map_sigma: float = field(default=4.0, metadata={"help": "Gaussian smoothing of the output map, in working pixels (4 as the other modes)"})

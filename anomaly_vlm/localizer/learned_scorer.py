@@ -82,6 +82,18 @@ class LearnedSegmenter(nn.Module):
         return self.head(x)[..., :height, :width]
 
 
+class LearnedEnsemble(nn.Module):
+    """Networks trained with different seeds, as one: the logit of their mean defect probability."""
+
+    def __init__(self, members: list[LearnedSegmenter]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        probability = torch.stack([torch.sigmoid(member(images)) for member in self.members]).mean(dim=0)
+        return torch.logit(probability, eps=1e-7)
+
+
 def weights_digest(model: nn.Module) -> str:
     """The digest of the model's state (equal digests, equal weights), as every other model is digested."""
     return tensors_digest(model.state_dict())
@@ -131,6 +143,7 @@ class LearnedScorer:
             "working_size": [self.size[0], self.size[1]],
             "image_size": self.config.image_size,
             "features": "pixels + builtin filter bank" if self.config.features else "pixels",
+            "members": self.config.members,
             "weights_sha256": weights_digest(self.model),
             "holdout": len(self.holdout_scores),
             "steps": self.config.steps,
@@ -159,6 +172,8 @@ class LearnedScorer:
         if record.get("format") != FORMAT_VERSION:
             raise AnomalyVLMError(f"{out_dir / CONFIG_FILE}: format {record.get('format')}, this version reads {FORMAT_VERSION}")
         config = LearnConfig.from_dict(record["config"])
-        model = LearnedSegmenter(config.width, config.levels, config.features, config.image_size)
+        members = [LearnedSegmenter(config.width, config.levels, config.features, config.image_size)
+                   for _ in range(config.members)]
+        model = members[0] if len(members) == 1 else LearnedEnsemble(members)
         model.load_state_dict(load_file(str(out_dir / WEIGHTS_FILE)))
         return cls(model, config, tuple(record["working_size"]), record)
