@@ -13,7 +13,7 @@ from anomaly_vlm.localizer.learned import CHECKPOINT_DIR, learn_product
 from anomaly_vlm.localizer.learned_config import TEXTURE_MIX, LearnConfig
 from anomaly_vlm.localizer.learned_scorer import CONFIG_FILE, WEIGHTS_FILE, LearnedScorer, weights_digest
 from anomaly_vlm.localizer.scorer import AnomalyScorer
-from anomaly_vlm.localizer.simulated_defects import STRIDE
+from anomaly_vlm.localizer.simulated_defects import STRIDE, to_array, to_tensor
 from anomaly_vlm.localizer.tiling import working_size
 from anomaly_vlm.synth.simulators import SimulationContext, simulate
 from anomaly_vlm.synth.textures import ProceduralTextures, procedural_normal
@@ -127,8 +127,7 @@ def test_an_ensemble_averages_its_members_and_resumes_each(images, learned, tmp_
     # member 0 is the single model of the same seed; member 1 is another network
     assert weights_digest(ensemble.model.members[0]) == weights_digest(learned[0].model)
     assert weights_digest(ensemble.model.members[1]) != weights_digest(learned[0].model)
-    tensors = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB").resize((64, 80)), dtype=np.float32) / 255)
-                           for im in images[:2]]).permute(0, 3, 1, 2)
+    tensors = to_tensor([to_array(image, ensemble.size) for image in images[:2]])
     with torch.no_grad():
         mean = torch.stack([torch.sigmoid(m(tensors)) for m in ensemble.model.members]).mean(dim=0)[:, 0]
     np.testing.assert_allclose(ensemble.predict_maps(tensors), mean.numpy(), atol=1e-5)
