@@ -6,7 +6,9 @@ category (evenly spread over its test folders) with a product or references, ask
 question about each image, and measures each answer:
 
 - verdict: the defective/normal the answer states, against the label (balanced
-  accuracy; chance 0.5) and against the localizer's PASS/FAIL (agreement);
+  accuracy; chance 0.5) and against the localizer's PASS/FAIL (agreement); on REVIEW
+  parts, the share of answers that state neither (the localizer is unsure: so should be
+  the answer);
 - contradictions: answers the dialogue checks flag (a strong region called normal, a place
   where no region is) and answers that loop;
 - why: answers that cite the findings' image score or the strongest region's look, and
@@ -119,6 +121,8 @@ def main() -> None:
                                     share(r["stated"] is False for r in normal)) / 2, 3) if defective and normal else None,
         "chance": 0.5,
         "agrees_with_localizer": share((r["stated"] is True) == (r["verdict"] == "fail") for r in decided),
+        "review_parts": sum(r["verdict"] == "review" for r in rows),
+        "unsure_on_review": share(r["stated"] is None for r in rows if r["verdict"] == "review"),
         "no_verdict": share(r["stated"] is None for r in rows),
         "flagged": share(bool(r["flags"]) for r in rows),
         "loops": share(r["loops"] for r in rows),

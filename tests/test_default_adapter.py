@@ -16,7 +16,7 @@ from anomaly_vlm.assistant.backends import (DEFAULT_ADAPTER, AssistantOptions, a
 from anomaly_vlm.configs import ConfigError
 from anomaly_vlm.mmad_questions import MMADQuestion, load_phrasing, parse_letter, phrase_question
 from anomaly_vlm.synth.notes import ProductNotes
-from anomaly_vlm.synth.conversations import (MMAD_INTENTS, ConversationConfig, Phrasebook,
+from anomaly_vlm.synth.conversations import (MMAD_INTENTS, ConversationConfig, Phrasebook, flagged,
                                              build_conversation, plain_look)
 from anomaly_vlm.synth.recipe import load_recipe
 from anomaly_vlm.synth.runner import Synthesizer
@@ -128,18 +128,18 @@ def _check_turn(intent: str, text: str, answer: str, findings: Findings, prompts
     chosen = options[letter]
     strongest = findings.regions[0] if findings.regions else None
     if intent == "mmad_detection":
-        assert len(options) == 2 and chosen.lower().startswith("yes" if findings.anomalous else "no")
+        assert len(options) == 2 and chosen.lower().startswith("yes" if flagged(findings) else "no")
     elif intent == "mmad_location":
-        assert findings.anomalous and strongest.location in chosen
-        flagged = {r.location for r in findings.regions}
-        for other in options.values():   # no distractor names a flagged place
+        assert flagged(findings) and strongest.location in chosen
+        proposed = {r.location for r in findings.regions}
+        for other in options.values():   # no distractor names a proposed place
             if other != chosen:
                 named = [w for w in sorted(LOCATIONS, key=len, reverse=True) if w in other][0]
-                assert named not in flagged
+                assert named not in proposed
     elif intent == "mmad_appearance":
-        assert findings.anomalous and chosen in (strongest.looks(), plain_look(strongest.attributes))
+        assert flagged(findings) and chosen in (strongest.looks(), plain_look(strongest.attributes))
     elif intent == "mmad_kind":
-        assert findings.anomalous and strongest.attributes is not None
+        assert flagged(findings) and strongest.attributes is not None
     elif intent == "mmad_product":   # the notes name the answer and no other option
         named = [text for text in options.values() if text.split(" ", 1)[1] in findings.notes.lower()]
         assert named == [chosen], (findings.notes, options)
@@ -151,14 +151,18 @@ def test_synthesized_mmad_turns_follow_the_findings_block():
     recipe.conversation = replace(recipe.conversation, mmad_rate=0.8, turns=(2, 4))
     recipe.findings = replace(recipe.findings, miss_rate=0.3)
     synthesizer, prompts = Synthesizer(recipe), load_phrasing()
-    seen, disagreeing = set(), 0
+    seen, disagreeing, reviewed = set(), 0, 0
     for index in range(recipe.num):
         record = synthesizer.draw(index).record
         findings = Findings.from_dict(record["findings"])
         first = record["messages"][1]["content"][-1]["text"]
         assert first.startswith(findings.block())
         turns = list(_mmad_turns(record["messages"], record["intents"]))
-        if findings.anomalous != bool(record["label"]):
+        if findings.verdict == "review":   # an unsure opener at most, then only MMAD's questions
+            reviewed += 1
+            free = [i for i in record["intents"] if i not in MMAD_INTENTS]
+            assert free in ([], record["intents"][:1])
+        elif findings.anomalous != bool(record["label"]):
             disagreeing += 1   # all MMAD or all free: free answers follow the ground truth
             assert not turns or len(turns) == len(record["intents"])
         for turn, intent, text, answer in turns:
@@ -167,7 +171,7 @@ def test_synthesized_mmad_turns_follow_the_findings_block():
             if turn == 0:
                 assert text.startswith(findings.block() + "\n\n")
     assert {"mmad_detection", "mmad_location", "mmad_appearance", "mmad_kind", "mmad_product"} <= seen
-    assert disagreeing > 0
+    assert disagreeing > 0 and reviewed > 0
 
 
 def test_product_notes_name_the_product_and_often_the_true_kind():

@@ -1,14 +1,17 @@
 """Ground truth, simulated findings and conversations of synthesized samples."""
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from anomaly_vlm.assistant.dialogue import contradictions, says_anomalous
+from anomaly_vlm.attributes import RegionAttributes
 from anomaly_vlm.configs import ConfigError, from_dict
 from anomaly_vlm.proposals import grid_location, regions_from_mask
-from anomaly_vlm.synth.conversations import ConversationConfig, Phrasebook, build_conversation
+from anomaly_vlm.synth.conversations import ConversationConfig, Phrasebook, build_conversation, mmad_question
 from anomaly_vlm.synth.findings import FindingsNoise, simulate_findings
 from anomaly_vlm.synth.recipe import recipe_from_dict
 from anomaly_vlm.synth.ground_truth import ground_truth, severity_grade
@@ -92,6 +95,68 @@ def test_simulated_findings_draw_calibrated_thresholds_and_review_bands():
     assert any("review threshold" in f.block() for f in bands)
     with pytest.raises(ConfigError, match="findings.thresholds"):
         recipe_from_dict({"name": "x", "source": {"kind": "procedural"}, "findings": {"thresholds": [0.9, 0.3]}}, "recipe.yaml")
+
+
+def test_weak_findings_land_in_the_review_band_with_a_region_as_weak_as_the_score():
+    defect = ground_truth(*_sample(), ["scratch"])
+    normal = ground_truth(*_sample(defect=False), [])
+    noise = FindingsNoise(0.0, 0.0, 0.1, thresholds=(0.3, 0.9), review_rate=1.0, review_margins=(0.05, 0.2),
+                          weak_rate=1.0)
+    for seed in range(30):
+        for truth in (defect, normal):
+            found = simulate_findings(truth, (120, 90), np.random.default_rng(seed), noise)
+            assert found.verdict == "review" and found.regions  # a normal part gets the spurious region shown
+            strongest = found.regions[0]
+            assert found.review_threshold * 0.95 <= strongest.peak_score <= found.image_score
+            assert all(r.mean_score <= r.peak_score <= strongest.peak_score for r in found.regions)
+    # sure findings put their regions on the threshold's scale: the strongest peaks near the score, on its side
+    sure = simulate_findings(defect, (120, 90), np.random.default_rng(0), FindingsNoise(0.0, 0.0, 0.1, (0.8, 0.9)))
+    assert sure.anomalous and sure.threshold <= sure.image_score <= sure.regions[0].peak_score
+    with pytest.raises(ConfigError, match="findings.weak_rate"):
+        recipe_from_dict({"name": "x", "source": {"kind": "procedural"}, "findings": {"weak_rate": 2}}, "recipe.yaml")
+
+
+@pytest.mark.parametrize("defect", [True, False])
+def test_a_review_part_is_answered_unsure_whatever_the_truth(defect):
+    """In the REVIEW band the opener says the localizer is unsure and where to look; MMAD's forced
+    choice says Yes (a region is shown); a text model gets no free follow-up deciding what it cannot see."""
+    book = Phrasebook()
+    truth = ground_truth(*_sample(defect), ["scratch"] if defect else [])
+    region = truth.regions[0] if defect else regions_from_mask(_sample()[2])[0]
+    unsure = Findings(0.31, 0.45, [replace(region, peak_score=0.3, mean_score=0.2)], 0.25)
+    config = ConversationConfig(turns=(2, 3), grounding="findings", mmad_rate=0.5)
+    openers = mmad = 0
+    for seed in range(30):
+        messages, intents = build_conversation(truth, unsure, "bottle", np.random.default_rng(seed), book, config)
+        assert all(i in ("detect", "explain") or i.startswith("mmad_") for i in intents)
+        assert all(i.startswith("mmad_") for i in intents[1:])
+        answers = [m["content"][0]["text"] for m in messages if m["role"] == "assistant"]
+        if not intents[0].startswith("mmad_"):
+            openers += 1
+            assert says_anomalous(answers[0]) is None and "0.31" in answers[0] and region.location in answers[0]
+            assert not contradictions(answers[0], unsure)
+        for intent, answer in zip(intents, answers):
+            if intent == "mmad_detection":
+                mmad += 1
+                assert re.fullmatch(r"Yes[^()]*\([AB]\)", answer)
+    assert openers and mmad
+
+
+def test_kind_options_may_carry_size_words_with_the_measured_one_on_the_right_kind():
+    book = Phrasebook()
+    original, defective, mask = _sample()
+    truth = ground_truth(original, defective, mask, ["stain"])
+    region = replace(truth.regions[0], attributes=RegionAttributes(shape="compact", size="large", contrast="brighter", hue="none",
+                                                                   texture="similar"))
+    found = Findings(0.9, 0.5, [region])
+    sized = 0
+    for seed in range(60):
+        asked = mmad_question("mmad_kind", truth, found, "bottle", np.random.default_rng(seed), book,
+                              ConversationConfig())
+        right = asked.options[asked.answer]
+        assert "stain" in right and "small" not in right
+        sized += "large" in right
+    assert 5 < sized < 40
 
 
 @pytest.mark.parametrize("defect", [True, False])

@@ -10,13 +10,16 @@ findings, since overruling them on evidence it cannot see teaches it to contradi
 strong localizer at random. A conversation opens by asking whether the part is defective,
 or that with where and why (`explain`: the answer cites the findings' score and the
 region's measured look, and is asked only where the findings agree with the truth).
+Findings in the REVIEW band get an opener that says the localizer is unsure, cites the
+band and names the region to look at, whatever the truth: the evidence cannot decide.
 
 With `mmad_rate` > 0, turns are also MMAD's multiple-choice questions (github
 jam-cc/MMAD), in exactly the prompt shape evaluation asks them (`anomaly_vlm.mmad_questions`,
 prompts/mmad.yaml), answered with the option's letter: detection (Yes/No), defect
 kind, location (3x3 grid words), appearance and, where the findings' product notes
 name the product, the product. Their answers follow the findings block the model reads
-(score against threshold, the strongest region's location and measured look, the notes),
+(score against threshold, a REVIEW part with a region counting as flagged since MMAD forces
+a choice; the strongest region's location and measured look, the notes),
 not hidden ground truth: when the simulated localizer misses a defect, "No" is the
 answer it supports.
 
@@ -97,11 +100,15 @@ class Phrasebook:
             answers = data.get("answers", {}).get(intent, {})
             if not questions or not answers.get("anomalous") or not answers.get("normal"):
                 raise DatasetError(f"{conversations}: intent '{intent}' needs questions and anomalous/normal answers")
-            for text in questions + answers["anomalous"] + answers["normal"]:
+            states = ("anomalous", "normal") + (("review",) if intent in OPENERS else ())
+            if intent in OPENERS and not answers.get("review"):
+                raise DatasetError(f"{conversations}: intent '{intent}' opens conversations and needs review answers "
+                                   "too (findings in the REVIEW band)")
+            for text in questions + [a for k in states for a in answers[k]]:
                 if not isinstance(text, str):
                     raise DatasetError(f"{conversations}: '{intent}' has a non-text entry {text!r}; quote it in the YAML")
             self.questions[intent] = [env.from_string(q) for q in questions]
-            self.answers[intent] = {k: [env.from_string(a) for a in answers[k]] for k in ("anomalous", "normal")}
+            self.answers[intent] = {k: [env.from_string(a) for a in answers[k]] for k in states}
         self.mmad = _mmad_phrases(data.get("mmad"), conversations)
         self.mmad_phrasing = load_phrasing()
         self.products, self.notes, self.kind_names = note_phrases(data, conversations)
@@ -163,6 +170,7 @@ def _looks(truth: GroundTruth, findings: Findings) -> str:
 def _variables(truth: GroundTruth, findings: Findings, object_name: str, notes: ProductNotes | None = None) -> dict:
     """Template variables; with notes, the product and the kinds go by the notes' words, as their writer would say them."""
     spurious = [r.location for r in findings.regions if not truth.anomalous]
+    strongest = findings.regions[0] if findings.regions else None
     box = truth.regions[0].box_norm if truth.regions else (0, 0, 0, 0)
     locations = truth.locations
     named = notes.kinds if notes else {}
@@ -180,6 +188,9 @@ def _variables(truth: GroundTruth, findings: Findings, object_name: str, notes: 
         "looks": _looks(truth, findings),
         "score": score_text(findings.image_score),
         "threshold": score_text(findings.threshold),
+        "review_threshold": score_text(findings.review_threshold) if findings.review_threshold is not None else "",
+        "region_location": strongest.location if strongest else "",
+        "region_looks": strongest.looks() if strongest else "",
     }
 
 
@@ -212,6 +223,21 @@ def _look_variants(attributes: RegionAttributes) -> list[RegionAttributes]:
     return variants
 
 
+SIZE_WORDS = {"tiny": "small", "small": "small", "large": "large"}
+"""A region's measured size as the adjective a kind option may carry ("a small chip"); medium ones carry none."""
+SIZED_KIND_RATE = 0.35
+"""How often a kind question's options carry size words, the right kind with its region's own: MMAD's kinds
+often do ("a large break"), and the measured size is evidence that tells them apart."""
+
+
+def _sized(name: str, word: str) -> str:
+    """"a chip" -> "a small chip"; a kind without an article ("contamination") stays as it is."""
+    first, _, rest = name.partition(" ")
+    if first not in ("a", "an") or not rest:
+        return name
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word} {rest}"
+
+
 def _choose(correct: str, distractors: list[str], count: int, rng: np.random.Generator,
             rivals: list[str] = ()) -> tuple[dict[str, str], str]:
     """Lettered options (A, B, ...): `correct` among up to count - 1 distinct distractors, shuffled; its letter.
@@ -234,6 +260,15 @@ def _overlaps(region: Region, truth: GroundTruth) -> bool:
     return any(min(x1, b[2]) > max(x0, b[0]) and min(y1, b[3]) > max(y0, b[1]) for b in (r.box for r in truth.regions))
 
 
+def flagged(findings: Findings) -> bool:
+    """What MMAD's Yes/No detection answer follows: a FAIL, or a REVIEW part with a region to look at.
+
+    MMAD forces a choice; a part the localizer sends to a person with a region shown
+    is one it flags, so "Is there any defect?" gets Yes, and the free answer says unsure.
+    """
+    return findings.anomalous or (findings.verdict == "review" and bool(findings.regions))
+
+
 def mmad_available(truth: GroundTruth, findings: Findings, notes: ProductNotes | None = None) -> list[str]:
     """The MMAD question types whose answer the findings block supports for this sample.
 
@@ -241,7 +276,7 @@ def mmad_available(truth: GroundTruth, findings: Findings, notes: ProductNotes |
     """
     kinds = ["mmad_detection"]
     strongest = findings.regions[0] if findings.regions else None
-    if findings.anomalous and strongest is not None:
+    if flagged(findings) and strongest is not None:
         kinds.append("mmad_location")
         if strongest.attributes is not None:
             kinds.append("mmad_appearance")
@@ -266,12 +301,12 @@ def mmad_question(kind: str, truth: GroundTruth, findings: Findings, object_name
     strongest = findings.regions[0] if findings.regions else None
     if kind == "mmad_detection":
         yes, no = phrases["yes_no"][rng.integers(len(phrases["yes_no"]))]
-        options, letter = _choose(yes if findings.anomalous else no, [no if findings.anomalous else yes], 2, rng)
+        options, letter = _choose(yes if flagged(findings) else no, [no if flagged(findings) else yes], 2, rng)
         return MMADQuestion(text, options, letter, "Anomaly Detection")
     if kind == "mmad_location":
         form = phrases["location_options"][rng.integers(len(phrases["location_options"]))]
-        flagged = {r.location for r in findings.regions}
-        wrong = [form.format(where=w) for w in LOCATIONS if w not in flagged]
+        proposed = {r.location for r in findings.regions}
+        wrong = [form.format(where=w) for w in LOCATIONS if w not in proposed]
         options, letter = _choose(form.format(where=strongest.location), wrong, count, rng)
         return MMADQuestion(text, options, letter, "Defect Localization")
     if kind == "mmad_appearance":
@@ -283,13 +318,20 @@ def mmad_question(kind: str, truth: GroundTruth, findings: Findings, object_name
     if kind == "mmad_kind":
         named = notes.kinds if notes else {}
         article = rng.random() < 0.7
-        phrase = (lambda name: name) if article else _bare
+        size = SIZE_WORDS.get(strongest.attributes.size) if rng.random() < SIZED_KIND_RATE else None
+
+        def phrase(name: str, measured: bool = False) -> str:
+            word = size if measured else (str(rng.choice(sorted(set(SIZE_WORDS.values())))) if size else None)
+            name = _sized(name, word) if word else name
+            return name if article else _bare(name)
+
         true = set(truth.defect_types)
         wrong = [phrase(named.get(t) or with_article(t)) for t in DEFECT_TYPES if t not in true]
         wrong += [phrase(d) for d in phrases["kind_distractors"]]
         rivals = [phrase(name) for kind, name in named.items() if kind not in true and rng.random() < NOTES_RIVAL_RATE]
         first = truth.defect_types[0]
-        options, letter = _choose(phrase(named.get(first) or with_article(first)), wrong, count, rng, rivals)
+        options, letter = _choose(phrase(named.get(first) or with_article(first), measured=True), wrong, count, rng,
+                                  rivals)
         return MMADQuestion(text, options, letter, "Defect Classification")
     if kind == "mmad_product":
         if notes is None:
@@ -308,6 +350,12 @@ def _plan(intents: list[str], truth: GroundTruth, findings: Findings, notes: Pro
           rng: np.random.Generator, config: ConversationConfig) -> list[str]:
     """Which free turns become MMAD questions (each type once at most)."""
     available = mmad_available(truth, findings, notes)
+    if findings.verdict == "review" and config.grounding == "findings":
+        # the opener says the localizer is unsure; a free follow-up would decide what the model cannot see
+        chosen = [str(k) for k in rng.permutation(available)]
+        if rng.random() < config.mmad_rate:
+            return chosen[: len(intents)]
+        return intents[:1] + chosen[: len(intents) - 1]
     if findings.anomalous != truth.anomalous:  # free answers (ground truth) and MMAD's (findings) would contradict
         if config.grounding == "image" and rng.random() >= config.mmad_rate:
             return intents
@@ -339,14 +387,16 @@ def build_conversation(truth: GroundTruth, findings: Findings, object_name: str,
     low, high = config.turns
     count = int(rng.integers(low, high + 1))
     agree = findings.anomalous == truth.anomalous
+    unsure = findings.verdict == "review"
     # An explanation cites the findings' score as the reason for the truth's verdict: only where the two agree.
-    openers = OPENERS if agree else ("detect",)
+    # In the REVIEW band it cites the band and says a person should look, whatever the truth.
+    openers = OPENERS if agree or unsure else ("detect",)
     follow_ups = [i for i in INTENTS if i not in OPENERS and i != "report"]
     intents = [str(rng.choice(openers))] + list(rng.choice(follow_ups, size=min(count - 1, len(follow_ups)),
                                                            replace=False))
     if count > 1 and rng.random() < config.report_rate:
         intents[-1] = "report"
-    if config.mmad_rate > 0 or (config.grounding == "findings" and not agree):
+    if config.mmad_rate > 0 or (config.grounding == "findings" and (unsure or not agree)):
         intents = _plan(intents, truth, findings, notes, rng, config)
     variables = _variables(truth, findings, object_name, notes)
     state = "anomalous" if truth.anomalous else "normal"
@@ -358,7 +408,7 @@ def build_conversation(truth: GroundTruth, findings: Findings, object_name: str,
             question, answer = phrase_question(asked, book.mmad_phrasing, shots), mmad_answer(asked, rng, book)
         else:
             question = book.questions[intent][rng.integers(len(book.questions[intent]))].render(variables)
-            answers = book.answers[intent][state]
+            answers = book.answers[intent]["review" if unsure and intent in OPENERS else state]
             answer = answers[rng.integers(len(answers))].render(variables)
         user = first_turn(question, findings) if turn == 0 else {"role": "user", "content": [text_part(question)]}
         messages += [user, {"role": "assistant", "content": [text_part(answer)]}]

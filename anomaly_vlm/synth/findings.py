@@ -5,6 +5,8 @@ missing or spurious rather than to repeat them. Given the image, each simulated 
 carries the look `anomaly_vlm.attributes.measure` finds on it, as an inspection's
 regions do: a true region measured on its ground-truth pixels, a false alarm on the
 ellipse in its box. So the assistant learns to name a defect from that evidence.
+Some findings land in a REVIEW band with weak regions, as a real localizer's unsure
+parts do, so the assistant learns to say it is unsure rather than guess.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ class FindingsNoise:
         "help": "chance that the findings carry a REVIEW band below the FAIL threshold"})
     review_margins: tuple[float, float] = field(default=(0.05, 0.2), metadata={
         "help": "span of the REVIEW band's width below the FAIL threshold"})
+    weak_rate: float = field(default=0.0, metadata={
+        "help": "chance that findings with a REVIEW band land in it: the localizer unsure, its regions (a spurious "
+                "one where it proposed none) as weak as the score, whatever the truth"})
     top_k: int = field(default=ProposalConfig.top_k,
                        metadata={"help": "regions reported at most, strongest first, as the localizer's proposals"})
 
@@ -71,6 +76,11 @@ def simulate_findings(truth: GroundTruth, size: tuple[int, int], rng: np.random.
     width, height = size
     if image is not None and image.shape[:2] != (height, width):
         raise ValueError(f"image shape {image.shape[:2]} does not match the size {size} (width, height)")
+
+    def false_alarm() -> Region:
+        alarm = _false_alarm(rng, width, height)
+        return _measured(alarm, image, ellipse_mask((height, width), alarm.box))
+
     regions = []
     for region in truth.regions:
         if rng.random() < noise.miss_rate:
@@ -79,16 +89,29 @@ def simulate_findings(truth: GroundTruth, size: tuple[int, int], rng: np.random.
         pixels = inside & mask if mask is not None and (inside & mask).any() else inside
         regions.append(_measured(_jittered(region, rng, noise.jitter, width, height), image, pixels))
     if rng.random() < noise.false_alarm_rate:
-        alarm = _false_alarm(rng, width, height)
-        regions.append(_measured(alarm, image, ellipse_mask((height, width), alarm.box)))
+        regions.append(false_alarm())
     regions = sorted(regions, key=lambda r: -r.peak_score)[: noise.top_k]
     if regions:
         score = max(r.peak_score for r in regions) * rng.uniform(0.85, 1.0)
     else:
         score = rng.uniform(0.1, 0.9) * 0.5
     threshold, review = _thresholds(rng, noise)
+    if review is not None and review < threshold and noise.weak_rate > 0 and rng.random() < noise.weak_rate:
+        regions = regions or [false_alarm()]
+        score = float(rng.uniform(review, threshold))
+        scale = score * rng.uniform(0.95, 1.0) / regions[0].peak_score
+        regions = [_peaked(r, r.peak_score * scale) for r in regions]
+    else:
+        score = _on_scale(score, threshold)
+        regions = [_peaked(r, _on_scale(r.peak_score, threshold)) for r in regions]
     # rounded as Findings.to_dict rounds it, so the block a record rebuilds is the block the model read
-    return Findings(round(float(_on_scale(score, threshold)), 4), threshold, regions, review)
+    return Findings(round(float(score), 4), threshold, regions, review)
+
+
+def _peaked(region: Region, peak: float) -> Region:
+    """`region` with its peak moved to `peak` (its mean in proportion): regions read on the image score's scale,
+    as the localizer's do, whose strongest region peaks near the image score."""
+    return replace(region, peak_score=float(peak), mean_score=float(region.mean_score * peak / region.peak_score))
 
 
 def _thresholds(rng: np.random.Generator, noise: FindingsNoise) -> tuple[float, float | None]:

@@ -78,7 +78,7 @@ def _check_recipe(recipe: Recipe, where: str) -> None:
     try:
         check_share("normal_ratio", recipe.normal_ratio)
         check_span("defects_per_image", recipe.defects_per_image, 1)
-        for name in ("miss_rate", "false_alarm_rate", "review_rate"):
+        for name in ("miss_rate", "false_alarm_rate", "review_rate", "weak_rate"):
             check_share(f"findings.{name}", getattr(recipe.findings, name))
         check_span("findings.thresholds", recipe.findings.thresholds, 0.05)
         check_span("findings.review_margins", recipe.findings.review_margins, 0)
