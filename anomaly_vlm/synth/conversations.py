@@ -52,7 +52,8 @@ from ..templates import load_yaml, text_list
 from ..types import Findings, Region
 from ..vocabulary import DEFECT_TYPES, LOCATIONS, score_text
 from .ground_truth import GroundTruth
-from .notes import NOTES_RIVAL_RATE, ProductNotes, listed, note_phrases, with_article
+from .notes import (NOTES_RIVAL_RATE, SIZE_WORDS, SIZED_KIND_RATE, ProductNotes, listed, note_phrases, sized,
+                    with_article)
 
 INTENTS = ("detect", "explain", "locate", "kind", "describe", "severity", "report")
 OPENERS = ("detect", "explain")
@@ -223,21 +224,6 @@ def _look_variants(attributes: RegionAttributes) -> list[RegionAttributes]:
     return variants
 
 
-SIZE_WORDS = {"tiny": "small", "small": "small", "large": "large"}
-"""A region's measured size as the adjective a kind option may carry ("a small chip"); medium ones carry none."""
-SIZED_KIND_RATE = 0.35
-"""How often a kind question's options carry size words, the right kind with its region's own: MMAD's kinds
-often do ("a large break"), and the measured size is evidence that tells them apart."""
-
-
-def _sized(name: str, word: str) -> str:
-    """"a chip" -> "a small chip"; a kind without an article ("contamination") stays as it is."""
-    first, _, rest = name.partition(" ")
-    if first not in ("a", "an") or not rest:
-        return name
-    return f"{'an' if word[0] in 'aeiou' else 'a'} {word} {rest}"
-
-
 def _choose(correct: str, distractors: list[str], count: int, rng: np.random.Generator,
             rivals: list[str] = ()) -> tuple[dict[str, str], str]:
     """Lettered options (A, B, ...): `correct` among up to count - 1 distinct distractors, shuffled; its letter.
@@ -263,9 +249,7 @@ def _overlaps(region: Region, truth: GroundTruth) -> bool:
 def flagged(findings: Findings) -> bool:
     """What MMAD's Yes/No detection answer follows: a FAIL, or a REVIEW part with a region to look at.
 
-    MMAD forces a choice; a part the localizer sends to a person with a region shown
-    is one it flags, so "Is there any defect?" gets Yes, and the free answer says unsure.
-    """
+    MMAD forces a choice: a part sent to a person with a region shown is flagged (the free answer says unsure)."""
     return findings.anomalous or (findings.verdict == "review" and bool(findings.regions))
 
 
@@ -322,7 +306,7 @@ def mmad_question(kind: str, truth: GroundTruth, findings: Findings, object_name
 
         def phrase(name: str, measured: bool = False) -> str:
             word = size if measured else (str(rng.choice(sorted(set(SIZE_WORDS.values())))) if size else None)
-            name = _sized(name, word) if word else name
+            name = sized(name, word) if word else name
             return name if article else _bare(name)
 
         true = set(truth.defect_types)

@@ -68,6 +68,21 @@ MMAD's options are plausible kinds of the same product, so the product's other u
 defects are the distractors to tell apart, by the region's look."""
 
 
+SIZE_WORDS = {"tiny": "small", "small": "small", "large": "large"}
+"""A region's measured size as the adjective a kind option may carry ("a small chip"); medium ones carry none."""
+SIZED_KIND_RATE = 0.35
+"""How often a kind question's options carry size words, the right kind with its region's own: MMAD's kinds
+often do ("a large break"), and the measured size is evidence that tells them apart."""
+
+
+def sized(name: str, word: str) -> str:
+    """"a chip" -> "a small chip"; a kind without an article ("contamination") stays as it is."""
+    first, _, rest = name.partition(" ")
+    if first not in ("a", "an") or not rest:
+        return name
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word} {rest}"
+
+
 def _capital(text: str) -> str:
     return text[:1].upper() + text[1:]
 
