@@ -78,9 +78,7 @@ often do ("a large break"), and the measured size is evidence that tells them ap
 def sized(name: str, word: str) -> str:
     """"a chip" -> "a small chip"; a kind without an article ("contamination") stays as it is."""
     first, _, rest = name.partition(" ")
-    if first not in ("a", "an") or not rest:
-        return name
-    return f"{'an' if word[0] in 'aeiou' else 'a'} {word} {rest}"
+    return with_article(f"{word} {rest}") if first in ("a", "an") and rest else name
 
 
 def _capital(text: str) -> str:
