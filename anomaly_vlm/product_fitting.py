@@ -2,8 +2,8 @@
 
 `create_product` fits the banks on the good images and calibrates on their
 leave-one-out scores; `learn_product_profile` trains the product's learned localizer
-(and, with a CLIP bank, its prompts) on simulated defects and calibrates each fused
-with the reference scoring on good images the models never saw. Both store the
+(and, with a CLIP bank, its prompts) on simulated defects and fuses each with the
+reference scoring on the scales of good images neither part saw. Both store the
 result through `ProductStore` (products.py).
 """
 
@@ -90,10 +90,11 @@ def learn_product_profile(store: ProductStore, name: str, config=None, verdicts=
                           options=None, prompt_config=None) -> ProductProfile:
     """Train the product's own localizer on its good images (defects simulated on them) and calibrate it.
 
-    Training resumes in `store.training_folder(name)` after a kill. The thresholds of
-    the fused scorer (reference scoring on built-in features + the learned model) come
-    from the good images the model never saw: the reference part scores them held out
-    of its bank, the learned part as new images. A product with a CLIP bank also gets
+    Training resumes in `store.training_folder(name)` after a kill. The fused scorer
+    (reference scoring on built-in features + the learned model) puts each part on the
+    scale of good images it never saw: the bank's leave-one-out scores, the model's
+    scores of the held-out images; its thresholds follow from those scales. A product
+    with a CLIP bank also gets
     its object-agnostic prompts fine-tuned on the same simulations (`options` say which
     CLIP and which prompts to start from), calibrated the same way.
     """
@@ -150,16 +151,15 @@ def _held_out_thresholds(reference, mode: str, learned, good: list, held: list[i
 
     Each part is put on the scale of its own good parts' scores (`ModeScale`): the
     reference part by every good image's leave-one-out score, the learned part by the
-    held-out images it never trained on. The thresholds come from the held-out good
-    images fused on those scales: the reference part scores them held out of its
-    bank, the learned part as images it never trained on.
+    held-out images it never trained on. On those scales the thresholds follow from
+    the scales' sample sizes alone (`from_scaled_modes`).
     """
-    from .localizer import DEFAULT_WEIGHTS, ModeScale, fuse
-    from .verdicts import from_good_scores
+    from .localizer import ModeScale
+    from .verdicts import from_scaled_modes
 
     every = reference.leave_one_out()
     unseen = learned.score([good[i] for i in held])
     scales = {"reference": ModeScale.of(every.image_score), mode: ModeScale.of(unseen.image_score)}
-    fused = fuse({"reference": every.take(held), mode: unseen}, DEFAULT_WEIGHTS, scales)
-    what = f"{len(held)} good images held out of training, reference + {named} fused on their good parts' scales"
-    return from_good_scores(fused.image_score, verdicts, "product", what), scales
+    what = (f"reference + {named} fused on their good parts' scales ({len(every.image_score)} leave-one-out scores, "
+            f"{len(held)} good images held out of training)")
+    return from_scaled_modes([scale.count for scale in scales.values()], verdicts, "product", what), scales

@@ -17,6 +17,7 @@ from PIL import Image
 from scipy import stats
 
 from .localizer import fuse
+from .localizer.fusion import SCALED_MIDPOINT
 from .localizer.scorer import logit, z_to_unit
 from .metrics import f1_max
 from .types import verdict_of
@@ -103,6 +104,32 @@ def from_good_scores(scores: np.ndarray, config: VerdictConfig, source: Threshol
     detail = (f"{what}: FAIL at a {100 * config.false_alarm_rate:g}% and REVIEW at a "
               f"{100 * config.review_rate:g}% target false-alarm rate ({len(scores)} held-out scores)")
     return Thresholds(fail, review, source, detail)
+
+
+def from_scaled_modes(counts: list[int], config: VerdictConfig, source: ThresholdSource, what: str) -> Thresholds:
+    """Thresholds of modes fused on their good parts' scales (`fuse` with scales), from how many parts set each scale.
+
+    On those scales a new good part's fused value is a mean of terms that each have
+    mean 0 and spread 1 on good parts, so its spread is at most 1, reached when the
+    modes err together (one odd light fools both). The bound is taken at that worst
+    case, widened by the Student-t factor of the smallest scale's sample. It is not
+    taken from the few held-out fused scores themselves: six images set their mean
+    and spread by chance (on MVTec bottle they sat low, and half the test's good parts
+    went to REVIEW).
+    """
+    count = min(counts)
+    if count < 2:
+        raise ValueError("scaled thresholds need scales set by at least 2 good parts each")
+
+    def bound(rate: float) -> float:
+        spread = float(stats.t.ppf(1 - rate, count - 1)) * np.sqrt(1 + 1 / count)
+        return float(z_to_unit(spread, SCALED_MIDPOINT, 1.0))
+
+    fail = bound(config.false_alarm_rate)
+    detail = (f"{what}: FAIL at a {100 * config.false_alarm_rate:g}% and REVIEW at a "
+              f"{100 * config.review_rate:g}% target false-alarm rate, the fused modes' errors taken as fully "
+              f"correlated (scales from {count} or more good parts)")
+    return Thresholds(fail, min(bound(config.review_rate), fail), source, detail)
 
 
 def from_labels(scores: np.ndarray, labels: np.ndarray) -> Thresholds:

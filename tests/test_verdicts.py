@@ -5,7 +5,7 @@ import pytest
 
 from anomaly_vlm.types import Findings
 from anomaly_vlm.verdicts import (Thresholds, VerdictConfig, default_thresholds, describe_thresholds, fixed_thresholds,
-                                  from_good_scores, from_labels, prediction_bound)
+                                  from_good_scores, from_labels, from_scaled_modes, prediction_bound)
 from anomaly_vlm.vocabulary import score_text
 
 
@@ -45,6 +45,39 @@ def test_good_scores_give_a_review_band_below_fail():
     assert "1% " in thresholds.detail and "20% " in thresholds.detail and "6 held-out scores" in thresholds.detail
     with pytest.raises(ValueError, match="false_alarm_rate < review_rate"):
         VerdictConfig(false_alarm_rate=0.2, review_rate=0.1)
+
+
+def _fused_good_parts(rng, correlation: float, parts: int, counts: tuple[int, int]) -> np.ndarray:
+    """Fused scores of new good parts, two modes standardized on small samples of their own good parts."""
+    from anomaly_vlm.localizer import ModeScale, Prediction, fuse
+
+    shared = rng.normal(size=parts + sum(counts))
+    own = rng.normal(size=(2, parts + sum(counts)))
+    logits = [np.sqrt(correlation) * shared + np.sqrt(1 - correlation) * own[m] + offset
+              for m, offset in enumerate((-2.0, -6.0))]
+    scores = [1 / (1 + np.exp(-x)) for x in logits]
+    calibration = [scores[0][parts : parts + counts[0]], scores[1][parts + counts[0] :]]
+    scales = {"reference": ModeScale.of(calibration[0]), "learned": ModeScale.of(calibration[1])}
+    predictions = {mode: Prediction(np.zeros((parts, 2, 2), np.float32), s[:parts], {}, (mode,))
+                   for mode, s in zip(scales, scores)}
+    return fuse(predictions, {"reference": 1.0, "learned": 1.0}, scales).image_score
+
+
+def test_scaled_fusion_thresholds_hold_their_rates_whatever_the_modes_correlation():
+    config = VerdictConfig()
+    thresholds = from_scaled_modes([30, 6], config, "product", "fused")
+    assert thresholds == from_scaled_modes([6, 30], config, "product", "fused")   # the smaller sample decides
+    assert from_scaled_modes([30, 30], config, "product", "fused").fail < thresholds.fail
+    assert "fully correlated" in thresholds.detail and "6 or more good parts" in thresholds.detail
+    rng = np.random.default_rng(0)
+    rates = {}
+    for correlation in (1.0, 0.0):
+        fused = np.concatenate([_fused_good_parts(rng, correlation, 2000, (30, 6)) for _ in range(100)])
+        rates[correlation] = (np.mean(fused >= thresholds.fail), np.mean(fused >= thresholds.review))
+    assert rates[1.0][0] < 0.02 and 0.10 < rates[1.0][1] < 0.17          # errors in step: about the target rates
+    assert rates[0.0][0] < 0.003 and rates[0.0][1] < 0.10                # independent errors: safely under them
+    with pytest.raises(ValueError, match="at least 2"):
+        from_scaled_modes([30, 1], config, "product", "fused")
 
 
 def test_labels_give_the_f1max_threshold_and_send_missed_defects_to_review():
