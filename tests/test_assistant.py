@@ -204,6 +204,13 @@ def test_contradictions_are_flagged():
                      "the localizer is unsure, and a person should look"]
     assert contradictions("Yes, there is a stain at the bottom left.", review) == []
     assert contradictions("No defect found.", Findings(0.3, 0.5, [], review_threshold=0.35)) == []
+    fail = Findings(0.9973, 0.5, FINDINGS.regions)
+    for right in ("Yes: the image scores 0.9973, above the threshold 0.50.", "A score of 1.00 against 0.50.",
+                  "Its score 0.997 is above the threshold."):
+        assert contradictions(right, fail) == [], right
+    flags = contradictions("Uncertain: the region is compact, and the image score 0.20 is overline.", fail)
+    assert flags == ["quotes the image score as 0.20, but it is 0.997"]
+    assert contradictions("The peak score 0.91 is at the top right.", fail) == []     # a region's score, not the image's
 
 
 def test_looping_answers_are_flagged():

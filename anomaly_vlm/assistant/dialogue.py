@@ -2,7 +2,8 @@
 
 The checks catch the ways an assistant misleads an inspector: calling a part good
 while the localizer holds a strong region or sent it to REVIEW, pointing at a place
-where no region is, and looping on one phrase (a small model out of its depth).
+where no region is, quoting another number as the image's score, and looping on one
+phrase (a small model out of its depth).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ _NEGATIVE = re.compile(
     r"passes|passed|no issues?|nothing (wrong|unusual))\b", re.IGNORECASE)
 _POSITIVE = re.compile(r"\b(yes|defective|does not pass|anomaly is|there is an? (anomaly|defect)|damaged|reject)\b",
                        re.IGNORECASE)
+_IMAGE_SCORE = re.compile(r"\b(?:image scores?|(?:its|the|a) score)\s+(?:of\s+|is\s+)?(\d+(?:\.\d+)?)\b",
+                          re.IGNORECASE)
+"""A number stated as the image's score ("the image scores 0.99", "its score 0.24", "a score of 1.00")."""
 _LOCATION = re.compile(r"\b(" + "|".join(sorted(LOCATIONS, key=len, reverse=True)) + r")\b", re.IGNORECASE)
 
 
@@ -43,6 +47,12 @@ def named_locations(answer: str) -> list[str]:
     return list(dict.fromkeys(m.group(1).lower() for m in _LOCATION.finditer(answer)))
 
 
+def _rounds_to(value: float, text: str) -> bool:
+    """Whether `text` is `value` rounded to the decimals `text` shows (0.9973 may read "1.00")."""
+    decimals = len(text.partition(".")[2])
+    return abs(float(text) - value) <= 0.5 * 10.0**-decimals + 1e-9
+
+
 def contradictions(answer: str, findings: Findings, strong: float = STRONG_PEAK) -> list[str]:
     """Why `answer` disagrees with `findings`, in words; empty when it does not."""
     flags = []
@@ -55,6 +65,10 @@ def contradictions(answer: str, findings: Findings, strong: float = STRONG_PEAK)
         flags.append(f"calls the part normal, but its score {score_text(findings.image_score)} is in the REVIEW band "
                      f"({score_text(findings.review_threshold)} to {score_text(findings.threshold)}): "
                      "the localizer is unsure, and a person should look")
+    quoted = [text for text in _IMAGE_SCORE.findall(answer) if not _rounds_to(findings.image_score, text)]
+    if quoted:
+        flags.append(f"quotes the image score as {', '.join(dict.fromkeys(quoted))}, but it is "
+                     f"{score_text(findings.image_score)}")
     known = {r.location for r in findings.regions}
     unknown = [word for word in named_locations(answer) if word not in known]
     if unknown:
