@@ -94,9 +94,9 @@ def learn_product_profile(store: ProductStore, name: str, config=None, verdicts=
     (reference scoring on built-in features + the learned model) puts each part on the
     scale of good images it never saw: the bank's leave-one-out scores, the model's
     scores of the held-out images; its thresholds follow from those scales. A product
-    with a CLIP bank also gets
-    its object-agnostic prompts fine-tuned on the same simulations (`options` say which
-    CLIP and which prompts to start from), calibrated the same way.
+    with a CLIP bank also gets its object-agnostic prompts fine-tuned on the same
+    simulations (`options` say which CLIP and which prompts to start from), calibrated
+    the same way.
     """
     from .io import load_image
     from .localizer import ScorerOptions

@@ -93,8 +93,12 @@ def prediction_bound(scores: np.ndarray, rate: float) -> float:
     if n < 2:
         raise ValueError("a prediction bound needs the scores of at least 2 good parts")
     spread = max(float(logits.std(ddof=1)), 1e-3)
-    bound = float(logits.mean()) + float(stats.t.ppf(1 - rate, n - 1)) * spread * np.sqrt(1 + 1 / n)
-    return float(z_to_unit(bound, 0.0, 1.0))
+    return float(z_to_unit(float(logits.mean()) + _prediction_factor(n, rate) * spread, 0.0, 1.0))
+
+
+def _prediction_factor(count: int, rate: float) -> float:
+    """Spreads above the mean of `count` samples that a new draw exceeds with probability `rate` (Student-t)."""
+    return float(stats.t.ppf(1 - rate, count - 1)) * float(np.sqrt(1 + 1 / count))
 
 
 def from_good_scores(scores: np.ndarray, config: VerdictConfig, source: ThresholdSource, what: str) -> Thresholds:
@@ -122,8 +126,7 @@ def from_scaled_modes(counts: list[int], config: VerdictConfig, source: Threshol
         raise ValueError("scaled thresholds need scales set by at least 2 good parts each")
 
     def bound(rate: float) -> float:
-        spread = float(stats.t.ppf(1 - rate, count - 1)) * np.sqrt(1 + 1 / count)
-        return float(z_to_unit(spread, SCALED_MIDPOINT, 1.0))
+        return float(z_to_unit(_prediction_factor(count, rate), SCALED_MIDPOINT, 1.0))
 
     fail = bound(config.false_alarm_rate)
     detail = (f"{what}: FAIL at a {100 * config.false_alarm_rate:g}% and REVIEW at a "
