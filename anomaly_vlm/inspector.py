@@ -27,7 +27,7 @@ from .localizer.factory import product_source
 from .localizer.learned import LearnedScorer
 from .products import LEARNED_KEY, PROMPTS_KEY, ProductProfile, ProductStore
 from .templates import load_yaml
-from .proposals import ProposalConfig, propose, with_attributes
+from .proposals import ProposalConfig, look_level, propose, with_attributes
 from .ray_engine import RayBackend, RayConfig
 from .records import RecordStore
 from .types import Inspection, Sample
@@ -73,18 +73,21 @@ def build_inspection(image_id: str, anomaly_map: np.ndarray, image_score: float,
     """The inspection of one image from its threshold-free score and map.
 
     Regions are proposed at the lowest threshold whatever the verdict, so a part sent
-    to review, or one that passed, still shows any spot worth a look; `image_size`
+    to review, or one that passed, still shows any spot worth a look; a part scored
+    over it whose map stays under it shows its map's strongest area (`look_level`),
+    so no part sent to a person comes without a place to look. `image_size`
     defaults to the map's size, the size the boxes are then in pixels of.
 
     With the image at hand, each region carries its measured look (`attributes`): its
     mask is the map, resized to the image, at or above the threshold inside its box.
     Without it (batch runs keep no images) the regions have no attributes.
     """
-    regions = propose(anomaly_map, thresholds.lowest, config, image_size)
+    level = look_level(anomaly_map, image_score, thresholds.lowest)
+    regions = propose(anomaly_map, level, config, image_size)
     map_height, map_width = np.shape(anomaly_map)
     size = tuple(image_size) if image_size else (map_width, map_height)
     if image is not None and config.attributes:
-        regions = with_attributes(regions, image, anomaly_map, thresholds.lowest, size)
+        regions = with_attributes(regions, image, anomaly_map, level, size)
     return Inspection(image_id, float(image_score), thresholds.fail, regions, models, size, image=image,
                       anomaly_map=np.asarray(anomaly_map, dtype=np.float32), review_threshold=thresholds.review,
                       threshold_source=thresholds.source, notes=notes, map_size=(map_width, map_height))
@@ -94,7 +97,8 @@ def attach_image(inspection: Inspection, image: Image.Image, config: ProposalCon
     """Give a batch inspection (which keeps no image) its image back, and its regions their measured look."""
     if config.attributes:
         lowest = inspection.threshold if inspection.review_threshold is None else inspection.review_threshold
-        inspection.regions = with_attributes(inspection.regions, image, inspection.anomaly_map, lowest,
+        level = look_level(inspection.anomaly_map, inspection.image_score, lowest)
+        inspection.regions = with_attributes(inspection.regions, image, inspection.anomaly_map, level,
                                              inspection.image_size)
     inspection.image = image
 

@@ -99,6 +99,20 @@ def _working_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def look_level(anomaly_map: np.ndarray, image_score: float, threshold: float) -> float:
+    """The level regions are proposed at: `threshold`, or lower for a part scored over it whose map stays under it.
+
+    A fused image score is the mean of its modes' peaks, which can cross a threshold
+    that their mean map crosses nowhere (the modes peak in different places). Such a
+    part is still sent to review or failed, and a person needs a place to look: the
+    map's strongest area, cut at half its peak's height above the map's median.
+    """
+    peak = float(np.max(anomaly_map))
+    if image_score < threshold or peak >= threshold:
+        return threshold
+    return (float(np.median(anomaly_map)) + peak) / 2
+
+
 def propose(anomaly_map: np.ndarray, threshold: float, config: ProposalConfig = ProposalConfig(),
             image_size: tuple[int, int] | None = None) -> list[Region]:
     """Regions where `anomaly_map` >= `threshold`, strongest first, boxes in pixels of the image.

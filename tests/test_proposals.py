@@ -5,8 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from anomaly_vlm.inspector import build_inspection
-from anomaly_vlm.proposals import ProposalConfig, propose, regions_from_mask
+from PIL import Image
+
+from anomaly_vlm.inspector import attach_image, build_inspection
+from anomaly_vlm.proposals import ProposalConfig, look_level, propose, regions_from_mask
 from anomaly_vlm.verdicts import Thresholds
 from anomaly_vlm.types import Inspection
 
@@ -112,6 +114,26 @@ def test_a_capped_map_gives_boxes_scaled_to_the_full_image():
     full = propose(anomaly_map, 0.45, ProposalConfig(max_side=1000), image_size=(1000, 700))
     assert [r.box for r in capped] == [(625, 87, 875, 176), (937, 612, 1000, 700)]
     assert [r.box for r in full] == [(625, 87, 875, 175), (937, 612, 1000, 700)]
+
+
+def test_a_part_scored_over_the_threshold_whose_map_stays_under_it_still_shows_where_to_look():
+    anomaly_map = np.full((100, 100), 0.05)
+    anomaly_map[_disc(100, 75, 20, 6)] = 0.25            # the map's strongest area, under REVIEW at 0.3
+    thresholds = Thresholds(0.6, 0.3)
+    assert look_level(anomaly_map, 0.2, 0.3) == 0.3      # a part under the threshold: nothing to show
+    assert look_level(_two_blobs(), 0.9, 0.3) == 0.3     # a map that reaches it: regions at the threshold
+    assert look_level(anomaly_map, 0.4, 0.3) == pytest.approx((0.05 + 0.25) / 2)
+    assert build_inspection("pass", anomaly_map, 0.2, thresholds, {}).regions == []
+    image = Image.fromarray(np.full((100, 100, 3), 128, np.uint8))
+    inspection = build_inspection("review", anomaly_map, 0.4, thresholds, {}, image=image)
+    assert inspection.verdict == "review" and len(inspection.regions) == 1
+    region = inspection.regions[0]
+    assert region.location == "top right" and region.peak_score == pytest.approx(0.25)
+    assert region.area_fraction == pytest.approx(_disc(100, 75, 20, 6).sum() / 10_000)
+    assert region.attributes.shape == "compact" and region.attributes.solidity < 0.95   # measured on the disc, not its box
+    batch = build_inspection("review", anomaly_map, 0.4, thresholds, {})      # a batch run keeps no image
+    attach_image(batch, image)
+    assert batch.regions[0].attributes == region.attributes
 
 
 def test_an_empty_mask_gives_no_regions():
