@@ -107,10 +107,10 @@ def look_level(anomaly_map: np.ndarray, image_score: float, threshold: float) ->
     part is still sent to review or failed, and a person needs a place to look: the
     map's strongest area, cut at half its peak's height above the map's median.
     """
-    peak = float(np.max(anomaly_map))
-    if image_score < threshold or peak >= threshold:
+    peak, median = float(np.max(anomaly_map)), float(np.median(anomaly_map))
+    if image_score < threshold or peak >= threshold or peak <= median:  # a flat map has no area to point at
         return threshold
-    return (float(np.median(anomaly_map)) + peak) / 2
+    return (median + peak) / 2
 
 
 def propose(anomaly_map: np.ndarray, threshold: float, config: ProposalConfig = ProposalConfig(),

@@ -123,6 +123,7 @@ def test_a_part_scored_over_the_threshold_whose_map_stays_under_it_still_shows_w
     assert look_level(anomaly_map, 0.2, 0.3) == 0.3      # a part under the threshold: nothing to show
     assert look_level(_two_blobs(), 0.9, 0.3) == 0.3     # a map that reaches it: regions at the threshold
     assert look_level(anomaly_map, 0.4, 0.3) == pytest.approx((0.05 + 0.25) / 2)
+    assert look_level(np.full((100, 100), 0.1), 0.4, 0.3) == 0.3    # a flat map has no area to point at
     assert build_inspection("pass", anomaly_map, 0.2, thresholds, {}).regions == []
     image = Image.fromarray(np.full((100, 100, 3), 128, np.uint8))
     inspection = build_inspection("review", anomaly_map, 0.4, thresholds, {}, image=image)

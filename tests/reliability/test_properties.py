@@ -245,7 +245,9 @@ def test_proposals_are_well_formed(anomaly_map, threshold, config, image_size):
     peaks = [r.peak_score for r in regions]
     assert peaks == sorted(peaks, reverse=True)
 
-    inspection = build_inspection("part.png", anomaly_map, 0.5, Thresholds(threshold), {}, image_size, config)
+    # scored as the map's peak, the part crosses the threshold only where its map does (see look_level)
+    score = float(anomaly_map.max())
+    inspection = build_inspection("part.png", anomaly_map, score, Thresholds(threshold), {}, image_size, config)
     assert inspection.regions == regions and inspection.image_size == (width, height)
     assert json.loads(json.dumps(inspection.to_dict()))["regions"] == [r.to_dict() for r in regions]
 
